@@ -11,9 +11,9 @@ import numpy as np
 from trainer.core.groups import GroupStats, centered_rewards
 from trainer.core.serialize import from_list, to_list
 
-# Guards a division only where an objective has shown no spread at all; every scale that
-# matters is relative to the objective's own units.
-_ABS_FLOOR = 1e-12
+# Rounding-level spread (relative to the group mean) counts as no spread in plain z-scores.
+_REL_SPREAD_FLOOR = 1e-9
+_ABS_FLOOR = 1e-300
 
 
 def static_advantages(
@@ -41,9 +41,9 @@ def _impute(rewards: np.ndarray, stats: GroupStats) -> np.ndarray:
     """Replace NaN rewards by their group mean, then by the batch mean, then by 0."""
     group_mean = stats.mean[:, stats.index]
     out = np.where(np.isnan(rewards), group_mean, rewards)
-    with np.errstate(all="ignore"):
-        batch_mean = np.nanmean(np.where(np.isnan(rewards), np.nan, rewards), axis=1)
-    batch_mean = np.where(np.isnan(batch_mean), 0.0, batch_mean)
+    valid = ~np.isnan(rewards)
+    count = valid.sum(axis=1)
+    batch_mean = np.where(valid, rewards, 0.0).sum(axis=1) / np.maximum(count, 1)
     return np.where(np.isnan(out), batch_mean[:, None], out)
 
 
@@ -54,7 +54,9 @@ def plain_group_zscores(rewards: np.ndarray, stats: GroupStats) -> np.ndarray:
     only rounding-level spread relative to its mean) gives 0, as does an unscorable reward.
     """
     centered = centered_rewards(rewards, stats)
-    spread_ok = stats.std > np.maximum(1e-9 * np.abs(np.nan_to_num(stats.mean)), _ABS_FLOOR)
+    spread_ok = stats.std > np.maximum(
+        _REL_SPREAD_FLOOR * np.abs(np.nan_to_num(stats.mean)), _ABS_FLOOR
+    )
     safe_std = np.where(spread_ok, stats.std, 1.0)
     z = centered / safe_std[:, stats.index]
     return np.where(spread_ok[:, stats.index], z, 0.0)
@@ -87,7 +89,8 @@ class AdaptiveScale:
         sbar = np.nan_to_num(self.sbar)[:, None]
         n = stats.count
         d = np.sqrt((n * stats.std**2 + self.kappa * sbar**2) / (n + self.kappa))
-        d = d + self.eps * sbar + _ABS_FLOOR
+        d = d + self.eps * sbar
+        d = np.where(d > 0, d, 1.0)  # d = 0 only for a constant group of a constant objective
         ahat = centered_rewards(rewards, stats) / d[:, stats.index]
         ahat = np.where(np.isnan(self.sbar)[:, None], 0.0, ahat)
         return ahat, d

@@ -183,9 +183,11 @@ def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _diagnostics(r, stats, nonfinite, adv, raw, clip) -> dict:
     """Per-objective reward statistics and advantage statistics common to every balancer."""
+    valid = ~np.isnan(r)
+    count = valid.sum(axis=1)
     with np.errstate(all="ignore"):
-        mean = np.nanmean(r, axis=1)
-        std = np.nanstd(r, axis=1)
+        mean = np.where(valid, r, 0.0).sum(axis=1) / count
+        std = np.sqrt(np.where(valid, (r - mean[:, None]) ** 2, 0.0).sum(axis=1) / count)
     return {
         "reward_mean": mean,
         "reward_std": std,
