@@ -196,6 +196,14 @@ def test_target_mode_need_follows_the_remaining_gap():
     assert info["progress_need"][0] == pytest.approx(0.5, abs=0.1)
 
 
+def test_target_mode_need_is_minimal_when_the_baseline_already_meets_the_target():
+    def rewards(rng, t):
+        return np.vstack([rng.normal(size=64) + 1.0 + 0.05 * t, rng.normal(size=64)])
+
+    _, info = _two_objective_run("apex", rewards, warmup_steps=3, targets=[0.5, None], n_min=0.05)
+    assert info["progress_need"][0] == pytest.approx(0.05)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -237,8 +245,17 @@ def test_info_holds_every_term_per_objective():
     for r, g in _stream(seed=0, steps=3, k=3):
         _, _, info = bal.step(r, g)
     for key in (
-        "reward_mean", "reward_std", "group_std_mean", "group_scale", "scale_ema", "weights",
-        "learning_potential", "progress_need", "conflict_penalty", "progress", "lambda_target",
+        "reward_mean",
+        "reward_std",
+        "group_std_mean",
+        "group_scale",
+        "scale_ema",
+        "weights",
+        "learning_potential",
+        "progress_need",
+        "conflict_penalty",
+        "progress",
+        "lambda_target",
     ):
         assert np.shape(info[key]) == (3,), key
     assert np.shape(info["conflict_matrix"]) == (3, 3)

@@ -114,4 +114,3 @@ def standardize_and_clip(
     """
     standardized = (combined - combined.mean()) / (combined.std() + eps)
     return np.clip(standardized, -clip, clip), standardized
-

@@ -24,8 +24,14 @@ from trainer.core.groups import centered_rewards, check_inputs, group_stats
 from trainer.core.priorities import AdaptivePriorities, FixedWeights, PriorityTerms
 
 BalancerName = Literal[
-    "static", "stage1", "dsan", "dwa", "apex",
-    "apex-no-potential", "apex-no-need", "apex-no-conflict",
+    "static",
+    "stage1",
+    "dsan",
+    "dwa",
+    "apex",
+    "apex-no-potential",
+    "apex-no-need",
+    "apex-no-conflict",
 ]
 BALANCER_NAMES: tuple[str, ...] = get_args(BalancerName)
 

@@ -23,9 +23,7 @@ class PolicyLoss:
     approx_kl: torch.Tensor  # 0.5 * mean((logp_new - logp_old)^2), a drift monitor
 
 
-def kl_to_reference(
-    mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor
-) -> torch.Tensor:
+def kl_to_reference(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Per-sample KL ``mean_dims((mean - mean_ref)^2 / (2 std^2))``, shape ``[batch]``.
 
     ``std`` broadcasts against ``mean`` (a scalar or ``[batch, 1, ...]``).

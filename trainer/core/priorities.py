@@ -122,7 +122,9 @@ class AdaptivePriorities:
         seen = ~np.isnan(conflict_now)
         fresh = seen & np.isnan(self.conflict_ema)
         smoothed = o.conflict_decay * self.conflict_ema + (1 - o.conflict_decay) * conflict_now
-        self.conflict_ema = np.where(fresh, conflict_now, np.where(seen, smoothed, self.conflict_ema))
+        self.conflict_ema = np.where(
+            fresh, conflict_now, np.where(seen, smoothed, self.conflict_ema)
+        )
         self.steps += 1
 
         prog = self.tracker.progress()
@@ -174,7 +176,8 @@ class AdaptivePriorities:
                     continue
                 gap0 = target - self.tracker.m0[k]
                 gap = target - self.tracker.ema_fast[k]
-                need[k] = (1.0 if gap > 0 else 0.0) if gap0 == 0 else gap / gap0
+                # A baseline already at or past the target: need only while below it again.
+                need[k] = gap / gap0 if gap0 > 0 else (1.0 if gap > 0 else 0.0)
         return np.where(ready, np.clip(need, o.n_min, 1.0), 1.0)
 
     def state_dict(self) -> dict:

@@ -39,9 +39,7 @@ def _as_batch_column(value: torch.Tensor | float, like: torch.Tensor) -> torch.T
     )
 
 
-def sde_noise_level(
-    sigma: torch.Tensor, sigma_max: float, noise_level: float
-) -> torch.Tensor:
+def sde_noise_level(sigma: torch.Tensor, sigma_max: float, noise_level: float) -> torch.Tensor:
     """``std_t = a * sqrt(sigma / (1 - sigma))``, with ``sigma_max`` standing in for sigma = 1.
 
     ``sigma_max`` is the scheduler's second sigma (the first one below 1), as in Flow-GRPO, so
@@ -87,11 +85,7 @@ def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
     The sample is treated as data (detached): gradients flow through ``mean`` only, as in
     the policy-gradient ratio.
     """
-    lp = (
-        -((sample.detach() - mean) ** 2) / (2.0 * std**2)
-        - torch.log(std)
-        - _LOG_SQRT_2PI
-    )
+    lp = -((sample.detach() - mean) ** 2) / (2.0 * std**2) - torch.log(std) - _LOG_SQRT_2PI
     return lp.mean(dim=tuple(range(1, lp.ndim)))
 
 

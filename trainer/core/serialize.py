@@ -14,9 +14,11 @@ def to_list(values: np.ndarray) -> list:
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim == 0:
         return None if np.isnan(arr) else float(arr)  # type: ignore[return-value]
-    return [to_list(row) for row in arr] if arr.ndim > 1 else [
-        None if np.isnan(v) else float(v) for v in arr
-    ]
+    return (
+        [to_list(row) for row in arr]
+        if arr.ndim > 1
+        else [None if np.isnan(v) else float(v) for v in arr]
+    )
 
 
 def from_list(values: list) -> np.ndarray:

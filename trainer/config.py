@@ -1,0 +1,430 @@
+"""The one config tree of the trainer: pydantic sections, loaded from YAML with overrides.
+
+Defaults are the paper setting of docs/method.md section 2 (SD3.5 Medium, Flow-GRPO, APEX);
+``deploy/configs/local.yaml`` shrinks it to tiny CPU models. Each component receives its own
+section, never the root. ``python -m trainer.config CONFIG.yaml [key=value ...]`` validates a
+config and prints it resolved; see docs/config.md.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trainer.config_loader import (
+    ConfigError,
+    apply_overrides,
+    batch_shape_problem,
+    dump_yaml,
+    read_yaml,
+    run_cli,
+    validate,
+)
+from trainer.core.balance import BALANCER_NAMES, BalancerName, BalancerOptions
+
+__all__ = ["ConfigError", "TrainConfig", "balancer_kwargs", "dump_config", "load_config", "main"]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors and a loaded config is immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_section_means_defaults(cls, data: Any) -> Any:
+        # `section:` with nothing under it loads as None; treat it as "all defaults"
+        if not isinstance(data, dict):
+            return data
+        return {k: v for k, v in data.items() if v is not None or not _is_section(cls, k)}
+
+
+def _is_section(model: type[BaseModel], key: str) -> bool:
+    field = model.model_fields.get(key)
+    return (
+        field is not None
+        and isinstance(field.annotation, type)
+        and (issubclass(field.annotation, BaseModel))
+    )
+
+
+class TinyModelConfig(Section):
+    """Sizes of the tiny SD3 built in code (random weights) for CPU runs and tests."""
+
+    transformer_layers: int = Field(2, ge=1, description="joint transformer blocks")
+    attention_heads: int = Field(2, ge=1, description="heads per block")
+    attention_head_dim: int = Field(16, ge=1, description="width = heads x head_dim")
+    patch_size: int = Field(2, ge=1, description="latent patch size, as in SD3")
+    latent_channels: int = Field(4, ge=1, description="VAE latent channels (SD3: 16)")
+    vae_block_channels: list[int] = Field(
+        [8, 16, 16, 16], min_length=1, description="VAE blocks; downsampling 2^(len-1)"
+    )
+    clip_hidden_size: int = Field(32, ge=1, description="width of both tiny CLIP text encoders")
+    clip_layers: int = Field(2, ge=1, description="layers of each CLIP text encoder")
+    clip_heads: int = Field(2, ge=1, description="heads of each CLIP text encoder")
+    clip_projection_dim: int = Field(32, ge=1, description="pooled size per CLIP (x2 in total)")
+    t5_dim: int = Field(32, ge=1, description="d_model of the tiny T5 (joint attention dim)")
+    t5_layers: int = Field(2, ge=1, description="layers of the tiny T5")
+    t5_heads: int = Field(2, ge=1, description="heads of the tiny T5")
+    t5_ff_dim: int = Field(64, ge=1, description="feed-forward size of the tiny T5")
+    vocab_size: int = Field(1000, ge=16, description="vocabulary of the tiny tokenizers")
+    seed: int = Field(0, description="seed of the random init; equal on every worker")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.clip_hidden_size % self.clip_heads:
+            raise ValueError(
+                f"clip_hidden_size={self.clip_hidden_size} must be divisible by "
+                f"clip_heads={self.clip_heads}"
+            )
+        return self
+
+    @property
+    def downsampling(self) -> int:
+        """Pixels per latent-patch side: VAE downsampling x patch size."""
+        return 2 ** (len(self.vae_block_channels) - 1) * self.patch_size
+
+
+class ModelConfig(Section):
+    """Which SD3 to fine-tune: the tiny in-code model or a pretrained one (id or local path)."""
+
+    kind: Literal["tiny", "pretrained"] = Field("pretrained", description="tiny: built in code")
+    pretrained: str = Field(
+        "stabilityai/stable-diffusion-3.5-medium",
+        min_length=1,
+        description="Hugging Face id or local directory (kind: pretrained)",
+    )
+    revision: str | None = Field(None, description="hub revision; None = default branch")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "bfloat16", description="dtype of the frozen weights (VAE stays float32)"
+    )
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="kind: tiny")
+
+
+FLOW_GRPO_LORA_TARGETS = [
+    "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
+    "attn.to_k", "attn.to_out.0", "attn.to_q", "attn.to_v",
+]  # fmt: skip
+
+
+class LoraConfig(Section):
+    """LoRA on the transformer; defaults are Flow-GRPO's SD3 recipe (r 32, alpha 64)."""
+
+    rank: int = Field(32, ge=1, description="LoRA rank r")
+    alpha: float = Field(64.0, gt=0, description="LoRA alpha (scale alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(FLOW_GRPO_LORA_TARGETS),
+        min_length=1,
+        description="module name suffixes: both streams' attention projections, as Flow-GRPO",
+    )
+    init: Literal["gaussian", "default"] = Field(
+        "gaussian", description="PEFT init_lora_weights (B = 0 either way)"
+    )
+    init_from: str | None = Field(None, description="start from a saved LoRA directory")
+
+
+class SamplingConfig(Section):
+    """Rollout and evaluation sampling: the SDE sampler of method.md section 2."""
+
+    resolution: int = Field(512, ge=16, description="image side in pixels")
+    num_steps: int = Field(10, ge=1, description="sampler steps in training rollouts")
+    eval_num_steps: int = Field(40, ge=1, description="sampler steps in evaluation")
+    guidance_scale: float = Field(4.5, ge=1, description="CFG scale (1 = no guidance)")
+    eval_guidance_scale: float = Field(4.5, ge=1, description="CFG scale in evaluation")
+    noise_level: float = Field(0.7, ge=0, description="SDE noise level a in rollouts")
+    eval_noise_level: float = Field(0.0, ge=0, description="noise level in evaluation (ODE)")
+    max_sequence_length: int = Field(128, ge=1, le=512, description="T5 prompt tokens")
+    micro_batch_size: int = Field(8, ge=1, description="images per sampler call per worker")
+
+
+class TrainingConfig(Section):
+    """Flow-GRPO optimization: batch shape, PPO-clip + KL loss, AdamW, EMA."""
+
+    epochs: int = Field(1000, ge=1, description="sample-then-train epochs")
+    groups_per_epoch: int = Field(48, ge=1, description="prompt groups G per epoch (global)")
+    images_per_prompt: int = Field(24, ge=2, description="group size n")
+    optimizer_steps_per_epoch: int = Field(2, ge=1, description="optimizer steps per epoch")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="samples per forward/backward; None = sampling.micro_batch_size"
+    )
+    timestep_fraction: float = Field(
+        0.9, gt=0, le=1, description="share of the sampler steps trained: floor(f x steps)"
+    )
+    cfg: bool = Field(True, description="apply CFG in the training forward too")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
+    clip_range: float = Field(1e-4, gt=0, description="PPO ratio clip range eps")
+    kl_beta: float = Field(0.04, ge=0, description="KL weight beta (paper: 0.01-0.04)")
+    ema: bool = Field(True, description="keep an EMA of the LoRA weights for eval/checkpoints")
+    ema_decay: float = Field(0.9, ge=0, lt=1, description="EMA decay of the LoRA weights")
+    ema_update_every: int = Field(8, ge=1, description="optimizer steps between EMA updates")
+    seed: int = Field(42, description="global seed; workers derive theirs from it")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "bf16", description="autocast dtype of the trainable forward"
+    )
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"both betas must be in [0, 1), got {list(v)}")
+        return v
+
+    def train_timesteps(self, num_steps: int) -> int:
+        """How many of ``num_steps`` sampler steps are trained (at least 1)."""
+        return max(1, math.floor(self.timestep_fraction * num_steps + 1e-9))
+
+
+class RewardConfig(Section):
+    """One objective: a reward service by name, its base weight w[k] and its own params."""
+
+    name: str = Field(
+        ..., pattern=r"^[a-z][a-z0-9_-]*$", description="registered reward name, e.g. ocr"
+    )
+    weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="base weight w[k]")
+    params: dict[str, Any] = Field(default_factory=dict, description="passed to the reward")
+
+
+def _paper_rewards() -> list[RewardConfig]:
+    return [RewardConfig(name=n) for n in ("pickscore", "deqa", "aesthetic", "ocr")]
+
+
+class BalancerConfig(Section):
+    """Which balancer turns rewards into advantages, and its knobs (method.md 3-5).
+
+    Base weights live on ``rewards[*].weight``; ``options.weights`` may stay null or repeat
+    them (proportionally), see :func:`balancer_kwargs`.
+    """
+
+    name: BalancerName = Field("apex", description=f"one of {', '.join(BALANCER_NAMES)}")
+    options: BalancerOptions = Field(
+        default_factory=BalancerOptions, description="trainer.core.balance.BalancerOptions"
+    )
+
+
+class CoordinatorConfig(Section):
+    """The named Ray actor that balances the global batch each step."""
+
+    actor_name: str = Field("apex-coordinator", min_length=1, description="named actor")
+    max_restarts: int = Field(3, ge=-1, description="Ray actor restarts (-1 = unlimited)")
+    metrics_jsonl: bool = Field(True, description="write every step's terms to metrics.jsonl")
+
+
+class DataConfig(Section):
+    """Prompt sets. Relative paths resolve against the working directory (the repo root)."""
+
+    train_prompts: list[str] = Field(
+        default_factory=lambda: [
+            "trainer/data/prompts/ocr_train.txt",
+            "trainer/data/prompts/general_train.txt",
+        ],
+        min_length=1,
+        description="prompt files, concatenated; a single path is accepted",
+    )
+    eval_prompts: list[str] = Field(
+        default_factory=lambda: ["trainer/data/prompts/ocr_eval.txt"],
+        min_length=1,
+        description="evaluation prompt files",
+    )
+    format: Literal["auto", "text", "jsonl"] = Field(
+        "auto", description="text: one prompt a line; jsonl: {prompt: ...}; auto: by suffix"
+    )
+
+    @field_validator("train_prompts", "eval_prompts", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class EvaluationConfig(Section):
+    """Periodic evaluation with the ODE sampler on the eval prompts."""
+
+    every_n_epochs: int = Field(10, ge=0, description="0 = never")
+    at_start: bool = Field(True, description="evaluate the base model before training")
+    num_prompts: int | None = Field(None, ge=1, description="first N eval prompts; None = all")
+    num_images_saved: int = Field(16, ge=0, description="eval images written to the run dir")
+
+
+class CheckpointConfig(Section):
+    """LoRA + optimizer + coordinator state, written every few epochs."""
+
+    dir: str | None = Field(None, description="None = <logging.run_dir>/checkpoints")
+    every_n_epochs: int = Field(20, ge=0, description="0 = only at the end")
+    keep: int = Field(5, ge=1, description="newest checkpoints kept")
+    resume_from: str | None = Field(None, description="'latest', a checkpoint dir, or None")
+
+
+class LoggingConfig(Section):
+    """Run folder, console and metrics export."""
+
+    run_dir: str = Field("runs/apex", min_length=1, description="config, metrics, images")
+    progress_bar: bool = Field(True, description="tqdm progress bars on the driver")
+    prometheus: bool = Field(True, description="export trainer metrics through Ray")
+    log_every: int = Field(1, ge=1, description="optimizer steps between log lines")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+
+class ScalingConfig(Section):
+    """Ray Train workers and the cluster they run on."""
+
+    num_workers: int = Field(1, ge=1, description="trainer workers (1 GPU each with use_gpu)")
+    use_gpu: bool = Field(True, description="one GPU per worker")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="extra Ray resources per worker, e.g. {CPU: 8}"
+    )
+    ray_address: str | None = Field(
+        None, description="None: start a local cluster; 'auto': join one; or host:port"
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster; None = all")
+
+    @model_validator(mode="after")
+    def _num_cpus_needs_local(self) -> ScalingConfig:
+        if self.num_cpus is not None and self.ray_address is not None:
+            raise ValueError(
+                f"num_cpus only sizes a local cluster, but ray_address={self.ray_address!r}; "
+                "remove num_cpus or set ray_address: null"
+            )
+        return self
+
+
+class TrainConfig(Section):
+    """The root: one section per component."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="SD3 to fine-tune")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="sampler")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="optimization")
+    rewards: list[RewardConfig] = Field(
+        default_factory=_paper_rewards, min_length=1, description="objectives, in order"
+    )
+    balancer: BalancerConfig = Field(default_factory=BalancerConfig, description="balancer")
+    coordinator: CoordinatorConfig = Field(default_factory=CoordinatorConfig, description="actor")
+    data: DataConfig = Field(default_factory=DataConfig, description="prompt sets")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="eval")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="ckpts")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logs, metrics")
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Ray resources")
+
+    @field_validator("rewards")
+    @classmethod
+    def _rewards_usable(cls, rewards: list[RewardConfig]) -> list[RewardConfig]:
+        names = [r.name for r in rewards]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"reward names must be unique; repeated: {', '.join(dups)}")
+        if sum(r.weight for r in rewards) <= 0:
+            raise ValueError("at least one reward needs weight > 0")
+        return rewards
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> TrainConfig:
+        problems = _batch_problems(self) + _balancer_problems(self) + _resolution_problems(self)
+        if problems:
+            raise ValueError("\n  - ".join(problems))  # one bullet per problem
+        return self
+
+
+def _batch_problems(cfg: TrainConfig) -> list[str]:
+    t = cfg.training
+    problem = batch_shape_problem(
+        groups=t.groups_per_epoch,
+        per_prompt=t.images_per_prompt,
+        workers=cfg.scaling.num_workers,
+        steps=t.optimizer_steps_per_epoch,
+        sample_mb=cfg.sampling.micro_batch_size,
+        train_mb=t.micro_batch_size,
+    )
+    return [problem] if problem else []
+
+
+def _balancer_problems(cfg: TrainConfig) -> list[str]:
+    opts, k = cfg.balancer.options, len(cfg.rewards)
+    problems = []
+    weights = [r.weight for r in cfg.rewards]
+    if opts.weights is not None and not _proportional(opts.weights, weights):
+        problems.append(
+            f"balancer.options.weights = {list(opts.weights)} disagrees with "
+            f"rewards[*].weight = {weights}; base weights live on the rewards: "
+            "remove balancer.options.weights (or make it proportional to them)"
+        )
+    if opts.targets is not None and len(opts.targets) != k:
+        problems.append(
+            f"balancer.options.targets has {len(opts.targets)} entries but there are {k} "
+            "rewards; give one target per reward, in order (null = relative mode)"
+        )
+    if k * opts.floor > 1:
+        problems.append(
+            f"balancer.options.floor = {opts.floor} x {k} rewards exceeds 1; "
+            f"set balancer.options.floor <= {1 / k:.4g}"
+        )
+    return problems
+
+
+def _proportional(a: Sequence[float], b: Sequence[float]) -> bool:
+    if len(a) != len(b):
+        return False
+    sa, sb = sum(a), sum(b)
+    return all(
+        math.isclose(x / sa, y / sb, rel_tol=1e-6, abs_tol=1e-12) for x, y in zip(a, b, strict=True)
+    )
+
+
+def _resolution_problems(cfg: TrainConfig) -> list[str]:
+    res = cfg.sampling.resolution
+    if cfg.model.kind == "tiny":
+        unit, why = cfg.model.tiny.downsampling, "model.tiny VAE downsampling x patch size"
+    else:
+        unit, why = 16, "SD3 VAE downsampling 8 x patch size 2"
+    if res % unit == 0:
+        return []
+    near = sorted({v for v in ((res // unit) * unit, (res // unit + 1) * unit) if v > 0})
+    return [
+        f"sampling.resolution = {res} must be a multiple of {unit} ({why}); "
+        f"use {' or '.join(map(str, near))}"
+    ]
+
+
+def balancer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """Keyword options for ``make_balancer(cfg.balancer.name, len(cfg.rewards), **kwargs)``.
+
+    ``weights`` always comes from ``rewards[*].weight`` (in reward order).
+    """
+    problems = _balancer_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems), problems)
+    kwargs = cfg.balancer.options.model_dump()
+    kwargs["weights"] = [float(r.weight) for r in cfg.rewards]
+    return kwargs
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load a YAML config (None = all defaults), apply dotted overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    data, origins = apply_overrides(data, overrides, lambda: TrainConfig().model_dump(mode="json"))
+    source = str(path) if path is not None else "(defaults)"
+    if overrides:
+        source += " with overrides " + " ".join(overrides)
+    return validate(TrainConfig, data, source, origins)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The fully resolved config as YAML (for run folders); ``load_config`` reads it back."""
+    return dump_yaml(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: validate a config with overrides and print it resolved; exit 2 when invalid."""
+    return run_cli(argv, load_config, dump_config, prog="python -m trainer.config")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
