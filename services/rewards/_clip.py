@@ -1,0 +1,83 @@
+"""The CLIP text-image similarity reward that PickScore and CLIPScore share.
+
+Both Flow-GRPO scorers compute ``logit_scale.exp() * cos(text_emb, image_emb) / scale``
+(PickScore divides by 26, CLIPScore by 30); only the checkpoints and the divisor differ, so
+the computation lives here once and each reward file only sets its defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+
+from services.rewards._torch import (
+    ClipParts,
+    TinyClipSpec,
+    TorchReward,
+    build_tiny_clip,
+    image_embeds,
+    load_pretrained_clip,
+    text_embeds,
+)
+from services.rewards.base import Image, RewardConfig
+
+
+class ClipSimilarityConfig(RewardConfig):
+    """Checkpoint, processor and scale of a CLIP similarity reward."""
+
+    model: str = Field(..., description="Hub id or local dir of the CLIPModel weights")
+    revision: str | None = Field(None, description="Hub revision (commit hash) of `model`")
+    processor: str | None = Field(
+        None, description="Hub id or local dir of tokenizer + preprocessor config (default: model)"
+    )
+    processor_revision: str | None = None
+    scale: float = Field(..., gt=0, description="score = logit_scale.exp() * cos / scale")
+    max_text_len: int = Field(77, ge=4, description="prompts are truncated to this many tokens")
+    tiny: TinyClipSpec = Field(default_factory=TinyClipSpec)
+
+
+class ClipSimilarityReward(TorchReward):
+    """``logit_scale.exp() * cos(text, image) / scale`` with a CLIP model; needs the prompt."""
+
+    Config = ClipSimilarityConfig
+    needs_prompt = True
+    clip: ClipParts
+
+    def _load(self) -> None:
+        cfg = self.config
+        if cfg.variant == "tiny":
+            self.clip = build_tiny_clip(cfg.tiny, cfg.seed)
+        else:
+            self.clip = load_pretrained_clip(
+                cfg.model,
+                cfg.revision,
+                cfg.processor or cfg.model,
+                cfg.processor_revision if cfg.processor else cfg.revision,
+                self.dtype,
+            )
+        self.clip.model.to(device=self.device, dtype=self.dtype)
+
+    def embed(
+        self, images: Sequence[Image], prompts: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalized float32 (image, text) embeddings of a batch."""
+        model, dev = self.clip.model, self.device
+        pixels = self.clip.preprocess(images).to(device=dev, dtype=self.dtype)
+        text = self.clip.tokenizer(
+            list(prompts),
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_text_len,
+            return_tensors="pt",
+        )
+        img = image_embeds(model, pixels).float()
+        txt = text_embeds(model, text["input_ids"].to(dev), text["attention_mask"].to(dev))
+        txt = txt.float()
+        return img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
+
+    def _score_batch(self, images: Sequence[Image], prompts: Sequence[str | None]) -> torch.Tensor:
+        img, txt = self.embed(images, [p or "" for p in prompts])
+        logit_scale = self.clip.model.logit_scale.float().exp()
+        return logit_scale * (img * txt).sum(dim=-1) / self.config.scale
