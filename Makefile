@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 CONFIG ?= deploy/configs/local.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-unit test-integration lint format train serve bench clean
+.PHONY: help setup test test-unit test-integration lint format train serve bench proto clean
 
 help:
 	@echo "make setup   create $(VENV) and install the project (no-op when nothing changed)"
@@ -20,6 +20,7 @@ help:
 	@echo "make train   run the main training job (CONFIG=$(CONFIG))"
 	@echo "make serve   start the reward services locally"
 	@echo "make bench   run the benchmarks under bench/"
+	@echo "make proto   regenerate services/proto from protos/reward/v1/reward.proto"
 
 setup: $(STAMP)
 
@@ -60,6 +61,9 @@ serve: setup
 
 bench: setup
 	$(PY) bench/synthetic_mo.py
+
+proto: setup
+	$(PY) -m services.proto.generate
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis results

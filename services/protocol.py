@@ -1,0 +1,247 @@
+"""Pydantic request/response models of the reward services' HTTP API: the twin of the proto.
+
+Endpoints (see docs/wire-protocol.md):
+
+- ``POST /v1/rewards/{name}/score``  ``ScoreRequest`` -> ``ScoreResponse``
+- ``POST /v1/score``                 ``ScoreManyRequest`` -> ``ScoreManyResponse``
+- ``GET  /v1/rewards``               ``RewardsListResponse``
+- ``GET  /v1/health``                ``HealthResponse``
+- any error                          ``ErrorResponse`` (status from services/errors.py)
+
+``PROTO_TWINS`` pairs each model with its message in ``reward.v1``; a unit test checks that
+their fields agree. Intended differences: HTTP images are base64 strings where the proto has
+bytes, the HTTP ``ScoreRequest`` takes the reward name from the URL path, and an absent text
+(``None``) is the proto's empty string. ``to_proto``/``from_proto`` convert along that table,
+so servers and clients never copy fields by hand.
+
+Requests reject unknown fields; responses ignore them, so an older client can read a newer
+server's answers. Request validators reuse services/images.py (with its default limits) and
+raise its ``InvalidInput``, so ``errors.from_validation_error`` reports them field by field.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf.message import Message
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from services.errors import InvalidInput
+from services.images import (
+    b64decode_strict,
+    check_image_count,
+    validate_prompts,
+)
+from services.proto import reward_pb2 as pb
+
+_IMAGES_DOC = (
+    "Base64-encoded image files (PNG, JPEG, WebP, GIF, BMP, TIFF), standard alphabet with "
+    "padding; a data:<mime type>;base64, prefix is allowed."
+)
+_PROMPTS_DOC = "One prompt per image, or omitted (null or []) for rewards that read no prompt."
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _ImageBatch(_Request):
+    """Images plus optional prompts, validated against the default limits."""
+
+    images: list[str] = Field(description=_IMAGES_DOC)
+    prompts: list[str] | None = Field(None, description=_PROMPTS_DOC)
+
+    @field_validator("images")
+    @classmethod
+    def _count_images(cls, images: list[str]) -> list[str]:
+        check_image_count(len(images))
+        return images
+
+    @field_validator("prompts")
+    @classmethod
+    def _check_prompts(cls, prompts: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if "images" not in info.data:  # images already failed; do not add a second error
+            return prompts
+        return validate_prompts(prompts, len(info.data["images"]))
+
+
+class ScoreRequest(_ImageBatch):
+    """Body of ``POST /v1/rewards/{name}/score``: score a batch with one reward."""
+
+
+class ScoreManyRequest(_ImageBatch):
+    """Body of ``POST /v1/score``: score the same batch with several rewards."""
+
+    rewards: list[str] = Field(min_length=1, description="Reward names, no duplicates.")
+
+    @field_validator("rewards")
+    @classmethod
+    def _unique_names(cls, rewards: list[str]) -> list[str]:
+        if any(not name for name in rewards):
+            raise InvalidInput("reward names must be non-empty")
+        repeated = sorted({name for name in rewards if rewards.count(name) > 1})
+        if repeated:
+            raise InvalidInput(f"reward names listed more than once: {', '.join(repeated)}")
+        return rewards
+
+
+class ItemResult(_Response):
+    """The outcome for one image: a score, or ``None`` with an optional reason."""
+
+    score: float | None = Field(None, allow_inf_nan=False, description="None: not scored")
+    error: str | None = Field(None, description="why there is no score, when known")
+
+    @classmethod
+    def from_score(cls, value: float | None) -> ItemResult:
+        """Wrap a reward's output; a NaN or infinite score becomes ``None`` with a reason."""
+        if value is None:
+            return cls()
+        value = float(value)
+        if not math.isfinite(value):
+            return cls(error=f"the reward returned a non-finite score ({value})")
+        return cls(score=value)
+
+
+def scores_to_results(scores: Sequence[float | None]) -> list[ItemResult]:
+    """One ``ItemResult`` per score, in order (see ``ItemResult.from_score``)."""
+    return [ItemResult.from_score(value) for value in scores]
+
+
+class ScoreResponse(_Response):
+    """Answer to ``ScoreRequest``: one result per request image, in request order."""
+
+    reward: str
+    results: list[ItemResult]
+    model: str | None = Field(None, description="which model scored, e.g. 'tiny' or an HF id")
+
+    def scores(self) -> list[float | None]:
+        """The scores alone, ``None`` where an image was not scored."""
+        return [item.score for item in self.results]
+
+
+class RewardResult(_Response):
+    """One reward's part of a ``ScoreManyResponse``."""
+
+    reward: str
+    results: list[ItemResult] = Field(default_factory=list, description="empty if error is set")
+    error: str | None = Field(None, description="set when this reward failed as a whole")
+
+
+class ScoreManyResponse(_Response):
+    """Answer to ``ScoreManyRequest``: one entry per requested reward, in request order."""
+
+    results: list[RewardResult]
+
+    def by_reward(self) -> dict[str, RewardResult]:
+        """The results keyed by reward name."""
+        return {entry.reward: entry for entry in self.results}
+
+
+class RewardHealth(_Response):
+    """Readiness of one served reward."""
+
+    reward: str
+    ready: bool
+    error: str | None = None
+
+
+class HealthResponse(_Response):
+    """Body of ``GET /v1/health``: ready when every reward is."""
+
+    ready: bool
+    rewards: list[RewardHealth]
+
+
+class RewardInfo(_Response):
+    """One entry of ``GET /v1/rewards`` (HTTP only: gRPC callers know their reward names)."""
+
+    name: str
+    needs_prompt: bool
+    description: str = ""
+    config: dict[str, Any] = Field(default_factory=dict, description="the reward's Config")
+    ready: bool
+
+
+class RewardsListResponse(_Response):
+    """Body of ``GET /v1/rewards``."""
+
+    rewards: list[RewardInfo]
+
+
+class ErrorBody(_Response):
+    """The ``error`` object of every HTTP error response (see services/errors.py)."""
+
+    code: str = Field(description="machine-readable, e.g. 'invalid_input'")
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(_Response):
+    """Body of every HTTP error response; gRPC uses status codes instead."""
+
+    error: ErrorBody
+
+
+PROTO_TWINS: dict[type[BaseModel], type[Message]] = {
+    ScoreRequest: pb.ScoreRequest,
+    ScoreManyRequest: pb.ScoreManyRequest,
+    ItemResult: pb.ItemResult,
+    ScoreResponse: pb.ScoreResponse,
+    RewardResult: pb.RewardResult,
+    ScoreManyResponse: pb.ScoreManyResponse,
+    RewardHealth: pb.RewardHealth,
+    HealthResponse: pb.HealthResponse,
+}
+_MODEL_OF = {message: model for model, message in PROTO_TWINS.items()}
+BASE64_FIELDS = frozenset({"images"})  # base64 str over HTTP, bytes in the proto
+
+
+def to_proto(model: BaseModel, **extra: Any) -> Message:
+    """Convert a model to its proto twin; ``extra`` sets proto-only fields (e.g. ``reward``).
+
+    ``None`` becomes the proto default (absent optional, "" or []); base64 images are decoded.
+    """
+    fields = dict(extra)
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if value is None:
+            continue
+        if name in BASE64_FIELDS:
+            value = [b64decode_strict(text, i) for i, text in enumerate(value)]
+        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            value = [to_proto(item) for item in value]
+        fields[name] = value
+    return PROTO_TWINS[type(model)](**fields)
+
+
+def from_proto(message: Message, model: type[BaseModel] | None = None) -> BaseModel:
+    """Convert a proto message to its pydantic twin (validated); proto-only fields are dropped.
+
+    Meant for responses (the gRPC client's typed answer) and tests. A gRPC server should pass
+    a request's bytes straight to ``images.decode_batch``: converting would re-encode them.
+    """
+    model = model or _MODEL_OF[type(message)]
+    data: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in model.model_fields:
+            continue
+        value = getattr(message, field.name)
+        if field.has_presence and not field.is_repeated and not message.HasField(field.name):
+            value = None
+        elif field.name in BASE64_FIELDS:
+            value = [base64.b64encode(raw).decode("ascii") for raw in value]
+        elif field.is_repeated and field.message_type is not None:
+            value = [from_proto(item) for item in value]
+        elif field.is_repeated:
+            value = list(value)
+        elif value == "" and model.model_fields[field.name].default is None:
+            value = None
+        data[field.name] = value
+    return model.model_validate(data)
