@@ -154,6 +154,23 @@ def as_service_error(exc: BaseException) -> RewardServiceError:
     return ScoringFailed(f"internal error ({type(exc).__name__})")
 
 
+def from_ray_error(exc: BaseException) -> RewardServiceError:
+    """Map what a Ray deployment-handle call raises to a typed error (by class name: no Ray
+    import here). A replica that died or is overloaded is ``Unavailable`` (retryable)."""
+    if isinstance(exc, RewardServiceError):
+        return exc
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, RewardServiceError):  # a RayTaskError wrapping one of ours
+        return cause
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"TimeoutError", "GetTimeoutError"} or any("Timeout" in n for n in names):
+        return ScoringTimeout("the reward did not answer within the timeout")
+    markers = ("ActorDied", "ActorUnavailable", "BackPressure", "Unavailable", "RayActorError")
+    if any(marker in n for n in names for marker in markers):
+        return Unavailable(f"reward replica unavailable ({type(exc).__name__}); retry")
+    return as_service_error(exc)
+
+
 def to_http(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """The HTTP status and JSON body (``ErrorResponse`` shape) for any exception."""
     err = as_service_error(exc)

@@ -6,11 +6,9 @@ from __future__ import annotations
 import sys
 import time
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
 
 from services.rewards.base import build_reward
 from services.rewards.ocr import (
@@ -27,6 +25,7 @@ from services.rewards.ocr_engines import (
     parse_paddle_result,
     rgb_to_bgr,
 )
+from tests.rendering import render
 
 # --- target extraction ---------------------------------------------------------------------------
 
@@ -238,30 +237,6 @@ def test_score_before_load_and_length_mismatch_raise():
 
 
 # --- real OCR on rendered text -------------------------------------------------------------------
-
-
-def _truetype_font(size: int) -> ImageFont.FreeTypeFont:
-    """A scalable font available offline: Pillow's bundled one, else matplotlib's DejaVu Sans."""
-    font = ImageFont.load_default(size=size)
-    if isinstance(font, ImageFont.FreeTypeFont):
-        return font
-    try:
-        import matplotlib
-    except ImportError:
-        pytest.skip("no TrueType font available offline")
-    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    return ImageFont.truetype(str(path), size=size)
-
-
-def render(text: str, size: tuple[int, int] = (512, 512), font_size: int = 48) -> np.ndarray:
-    """``text`` in black on white, centred, as a uint8 RGB array [H, W, 3]."""
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    font = _truetype_font(font_size)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    xy = ((size[0] - (right - left)) // 2 - left, (size[1] - (bottom - top)) // 2 - top)
-    draw.text(xy, text, fill="black", font=font)
-    return np.asarray(image)
 
 
 WORDS = ["OPEN", "HELLO WORLD", "APEX 2026", "coffee"]

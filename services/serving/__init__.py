@@ -1,0 +1,1 @@
+"""Ray Serve shells around the reward models: deployments, the ingress, the app builder."""

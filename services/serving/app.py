@@ -1,0 +1,93 @@
+"""Build and run the reward Serve application from a :class:`ServicesConfig`.
+
+``build_app(config)`` returns the application (one deployment per reward plus the ingress);
+``app_builder`` is what ``serve run`` / ``serve deploy`` point at, e.g.
+``serve run services.serving.app:app_builder config=deploy/serve/local.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from services.config import RewardDeploymentConfig, ServicesConfig, load_services_config
+from services.rewards.base import get_reward_class
+from services.serving.deployment import RewardDeployment
+from services.serving.ingress import RewardIngress
+
+GRPC_SERVICER = "services.proto.reward_pb2_grpc.add_RewardServiceServicer_to_server"
+INGRESS_NAME = "RewardIngress"
+
+
+def deployment_options(dep: RewardDeploymentConfig) -> dict[str, Any]:
+    """Serve ``.options(...)`` of one reward deployment: resources, replicas, health checks."""
+    actor: dict[str, Any] = {"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus}
+    if dep.memory_gb is not None:
+        actor["memory"] = int(dep.memory_gb * 2**30)
+    if dep.runtime_env:
+        actor["runtime_env"] = dep.runtime_env
+    options: dict[str, Any] = {
+        "name": dep.deployment_name,
+        "ray_actor_options": actor,
+        "max_ongoing_requests": dep.max_ongoing_requests,
+        "health_check_period_s": dep.health_check_period_s,
+        "health_check_timeout_s": dep.health_check_timeout_s,
+    }
+    if dep.autoscaling is not None:
+        options["autoscaling_config"] = dep.autoscaling.model_dump(exclude_none=True)
+    else:
+        options["num_replicas"] = dep.num_replicas
+    return options
+
+
+def build_app(config: ServicesConfig) -> serve.Application:
+    """The Serve application: every reward deployment bound into the ingress."""
+    limits = config.limits.model_dump(mode="json")
+    handles = {}
+    needs_prompt = {}
+    for dep in config.deployments:
+        deployment = serve.deployment(RewardDeployment).options(**deployment_options(dep))
+        handles[dep.deployment_name] = deployment.bind(dep.model_dump(mode="json"), limits)
+        needs_prompt[dep.deployment_name] = get_reward_class(dep.reward).needs_prompt
+    ingress = serve.deployment(serve.ingress()(RewardIngress)).options(
+        name=INGRESS_NAME,
+        ray_actor_options={"num_cpus": config.ingress.num_cpus},
+        max_ongoing_requests=1024,
+    )
+    return ingress.bind(handles, needs_prompt, config.ingress.model_dump(mode="json"), limits)
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Entry point for ``serve run``/``serve deploy``: ``config=PATH`` or an inline config."""
+    if "config" in args and len(args) == 1:
+        source: Any = args["config"]
+        if isinstance(source, str):
+            source = Path(source)
+    else:
+        source = dict(args)
+    return build_app(load_services_config(source))
+
+
+def start_serve(config: ServicesConfig) -> None:
+    """Start Serve's HTTP (and gRPC, unless its port is 0) proxies as the config says."""
+    ingress = config.ingress
+    grpc_options = None
+    if ingress.grpc_port:
+        grpc_options = {"port": ingress.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]}
+    serve.start(
+        http_options={"host": ingress.host, "port": ingress.http_port},
+        grpc_options=grpc_options,
+    )
+
+
+def deploy(config: ServicesConfig, *, blocking: bool = False) -> Any:
+    """Start Serve and run the app; returns the ingress handle once every replica is up."""
+    start_serve(config)
+    return serve.run(
+        build_app(config),
+        name=config.app_name,
+        route_prefix=config.ingress.route_prefix,
+        blocking=blocking,
+    )

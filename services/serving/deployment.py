@@ -1,0 +1,139 @@
+"""One reward model as a Serve deployment: a plain class, batched across all its callers.
+
+``build_app`` applies ``serve.deployment`` to this class, so a unit test can construct it
+without Ray. Every entry point (handles from the trainer, the HTTP and gRPC ingress) ends in
+``score``, which validates and decodes each image on its own (one bad image is an error for
+that image only), then queues the good ones for ``@serve.batch`` dynamic batching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from services.config import RewardDeploymentConfig
+from services.errors import InvalidInput, RewardServiceError
+from services.images import ImageLimits, check_image_count, decode_image, validate_prompts
+from services.metrics import RewardMetrics
+from services.rewards.base import RewardModel, build_reward
+
+logger = logging.getLogger(__name__)
+
+
+class RewardDeployment:
+    """Serves one reward model; ``score`` returns one ``{"score", "error"}`` dict per image."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        limits: dict[str, Any] | None = None,
+        model: RewardModel | None = None,
+    ):
+        self.config = RewardDeploymentConfig.model_validate(config)
+        self.limits = ImageLimits.model_validate(limits or {})
+        self.model = model or build_reward(self.config.reward, self.config.params)
+        if not self.model.loaded:
+            self.model.load()
+        self.metrics = RewardMetrics(self.config.reward)
+        self._pending = 0
+        self._batches = 0
+        self._images_batched = 0
+        self._max_batch_seen = 0
+        # The model runs off the event loop so that new requests keep joining the queue.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-model")
+        self._score_batch.set_max_batch_size(self.config.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+
+    async def score(
+        self,
+        images: Sequence[np.ndarray | bytes | str],
+        prompts: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Score a request; request-level problems raise, per-image problems become errors."""
+        start = time.perf_counter()
+        images = list(images)
+        check_image_count(len(images), self.limits)
+        checked_prompts = validate_prompts(prompts, len(images), self.limits)
+        if checked_prompts is None and self.model.needs_prompt:
+            raise InvalidInput(
+                f"reward {self.config.reward!r} needs one prompt per image; the request has none"
+            )
+        results: list[dict[str, Any]] = [{"score": None, "error": None} for _ in images]
+        jobs, positions = [], []
+        for i, item in enumerate(images):
+            try:
+                array = decode_image(item, i, self.limits)
+            except RewardServiceError as exc:
+                results[i]["error"] = str(exc)
+                continue
+            prompt = checked_prompts[i] if checked_prompts is not None else None
+            jobs.append(self._score_batch((array, prompt)))
+            positions.append(i)
+        self.metrics.count_error("invalid_input", len(images) - len(jobs))
+        self._pending += len(jobs)
+        self.metrics.set_queue_length(self._pending)
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        for i, outcome in zip(positions, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                results[i]["error"] = f"reward {self.config.reward!r} failed: {outcome}"
+            elif outcome is None or not math.isfinite(outcome):
+                results[i]["error"] = "the reward could not score this image"
+            else:
+                results[i]["score"] = float(outcome)
+        self.metrics.observe_request(time.perf_counter() - start)
+        return results
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _score_batch(self, items: list[tuple[np.ndarray, str | None]]) -> list[Any]:
+        """One model call for every item queued from any caller (sizes set from config)."""
+        self._pending -= len(items)
+        self.metrics.set_queue_length(self._pending)
+        self._batches += 1
+        self._images_batched += len(items)
+        self._max_batch_seen = max(self._max_batch_seen, len(items))
+        arrays = [item[0] for item in items]
+        prompts = [item[1] for item in items]
+        loop = asyncio.get_running_loop()
+        try:
+            scores = await loop.run_in_executor(self._executor, self.model.score, arrays, prompts)
+        except Exception as exc:
+            logger.exception("reward %r failed on a batch of %d", self.config.reward, len(items))
+            self.metrics.count_error("model_error", len(items))
+            return [exc] * len(items)
+        if len(scores) != len(items):
+            error = RuntimeError(f"model returned {len(scores)} scores for {len(items)} images")
+            self.metrics.count_error("model_error", len(items))
+            return [error] * len(items)
+        self.metrics.observe_batch(scores)
+        return list(scores)
+
+    def info(self) -> dict[str, Any]:
+        """Name, whether prompts are needed, the reward's config and readiness."""
+        return {
+            "name": self.config.deployment_name,
+            "reward": self.config.reward,
+            "needs_prompt": self.model.needs_prompt,
+            "description": self.model.description,
+            "config": self.model.config.model_dump(mode="json"),
+            "ready": self.model.loaded,
+        }
+
+    def batch_stats(self) -> dict[str, int]:
+        """How dynamic batching has grouped this replica's work so far."""
+        return {
+            "batches": self._batches,
+            "images": self._images_batched,
+            "max_batch_size_seen": self._max_batch_seen,
+        }
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; raising makes Serve replace the replica."""
+        self.model.health_check()

@@ -1,0 +1,133 @@
+"""The HTTP API: a thin FastAPI router over :class:`RewardRouter` (OpenAPI docs at ``/docs``).
+
+Endpoints: ``GET /healthz``, ``GET /v1/rewards``, ``POST /v1/rewards/{name}/score``,
+``POST /v1/score``. Every error is a JSON ``ErrorResponse`` with a 4xx/5xx status chosen by
+:func:`services.errors.to_http`, the one mapping shared with gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from services.errors import PayloadTooLarge, RewardServiceError, from_validation_error, to_http
+from services.protocol import (
+    ErrorResponse,
+    HealthResponse,
+    RewardsListResponse,
+    ScoreManyRequest,
+    ScoreManyResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+from services.serving.auth import check_bearer
+from services.serving.router import RewardRouter
+
+logger = logging.getLogger(__name__)
+_ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 500, 503, 504)}
+_OPEN_PATHS = frozenset({"/healthz"})
+
+
+class BodySizeLimit:
+    """ASGI middleware: reject a body over ``max_bytes`` (declared or streamed) with 413."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request through, counting body bytes as they arrive."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(self._message())
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except PayloadTooLarge:
+            await self._reject(send)
+
+    def _message(self) -> str:
+        return f"request body over the limit of {self.max_bytes} bytes"
+
+    async def _reject(self, send: Send) -> None:
+        status, body = to_http(PayloadTooLarge(self._message()))
+        await JSONResponse(body, status_code=status)({"type": "http"}, None, send)
+
+
+def build_http_app(router: RewardRouter, token: str | None, max_body_bytes: int) -> FastAPI:
+    """The FastAPI application of the ingress, wired to ``router``."""
+    app = FastAPI(
+        title="APEX reward services",
+        version="1",
+        description="Reward models for text-to-image alignment, served by Ray Serve.",
+    )
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        if request.url.path not in _OPEN_PATHS:
+            try:
+                check_bearer(request.headers.get("authorization"), token)
+            except RewardServiceError as exc:
+                status, body = to_http(exc)
+                return JSONResponse(body, status_code=status)
+        return await call_next(request)
+
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+
+    @app.exception_handler(RewardServiceError)
+    async def _service_error(_: Request, exc: RewardServiceError) -> JSONResponse:
+        status, body = to_http(exc)
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        status, body = to_http(from_validation_error(exc.errors()))
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error in the HTTP ingress")
+        status, body = to_http(exc)
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+    async def healthz() -> JSONResponse:
+        """Ready when every reward replica answers with a loaded model."""
+        health = await router.health()
+        return JSONResponse(health.model_dump(), status_code=200 if health.ready else 503)
+
+    @app.get("/v1/rewards", response_model=RewardsListResponse, responses=_ERRORS)
+    async def list_rewards() -> RewardsListResponse:
+        """The served rewards: names, configs, whether they need prompts, readiness."""
+        return await router.list_rewards()
+
+    @app.post("/v1/rewards/{name}/score", response_model=ScoreResponse, responses=_ERRORS)
+    async def score(name: str, request: ScoreRequest) -> ScoreResponse:
+        """Score a batch of images with one reward."""
+        return await router.score(name, request.images, request.prompts)
+
+    @app.post("/v1/score", response_model=ScoreManyResponse, responses=_ERRORS)
+    async def score_many(request: ScoreManyRequest) -> ScoreManyResponse:
+        """Score the same images with several rewards in one call."""
+        return await router.score_many(request.rewards, request.images, request.prompts)
+
+    return app

@@ -1,0 +1,137 @@
+"""The three ways to reach a reward deployment: Serve handles, HTTP and gRPC.
+
+Each transport has one blocking call, ``score(reward, images, prompts, timeout_s)``, that
+returns one :class:`~services.protocol.ItemResult` per image or raises a typed
+:mod:`services.errors` error, so the client's fan-out, retry and failure policy exist once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from services.errors import from_grpc, from_http, from_ray_error
+from services.images import encode_base64_png, encode_png
+from services.protocol import ItemResult, ScoreResponse, from_proto
+
+
+class Transport(Protocol):
+    """What the client needs from a way of reaching the rewards."""
+
+    def score(
+        self,
+        reward: str,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str] | None,
+        timeout_s: float,
+    ) -> list[ItemResult]:
+        """Score one batch with one reward (blocking)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class HandleTransport:
+    """In-cluster: Serve deployment handles; uint8 arrays travel through Ray's object store."""
+
+    def __init__(self, app_name: str = "rewards"):
+        self.app_name = app_name
+        self._handles: dict[str, Any] = {}
+
+    def _handle(self, reward: str) -> Any:
+        if reward not in self._handles:
+            from ray import serve
+
+            self._handles[reward] = serve.get_deployment_handle(reward, app_name=self.app_name)
+        return self._handles[reward]
+
+    def score(self, reward, images, prompts, timeout_s) -> list[ItemResult]:
+        """Call ``RewardDeployment.score`` through the handle."""
+        try:
+            handle = self._handle(reward)
+            raw = handle.score.remote(list(images), list(prompts) if prompts else None)
+            return [ItemResult.model_validate(item) for item in raw.result(timeout_s=timeout_s)]
+        except Exception as exc:
+            raise from_ray_error(exc) from exc
+
+    def close(self) -> None:
+        """Forget the handles."""
+        self._handles.clear()
+
+
+class HttpTransport:
+    """From outside the cluster over the FastAPI ingress (images as base64 PNG)."""
+
+    def __init__(self, url: str, token: str | None = None):
+        import httpx
+
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(base_url=url.rstrip("/"), headers=headers)
+
+    def score(self, reward, images, prompts, timeout_s) -> list[ItemResult]:
+        """``POST /v1/rewards/{reward}/score``."""
+        import httpx
+
+        body = {"images": [encode_base64_png(img) for img in images], "prompts": prompts}
+        try:
+            response = self._client.post(
+                f"/v1/rewards/{reward}/score", json=body, timeout=timeout_s
+            )
+        except httpx.TimeoutException as exc:
+            raise from_ray_error(TimeoutError(str(exc))) from exc
+        except httpx.TransportError as exc:
+            raise from_ray_error(ConnectionError(str(exc))) from exc
+        if response.status_code != 200:
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = response.text
+            raise from_http(response.status_code, payload)
+        return ScoreResponse.model_validate(response.json()).results
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+
+class GrpcTransport:
+    """From outside the cluster over Serve's gRPC proxy (images as PNG bytes)."""
+
+    def __init__(self, target: str, token: str | None = None, app_name: str = "rewards"):
+        import grpc
+
+        from services.proto import reward_pb2_grpc
+
+        limit = 256 * 2**20
+        options = [
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+        ]
+        self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+        self._metadata = [("application", app_name)]
+        if token:
+            self._metadata.append(("authorization", f"Bearer {token}"))
+
+    def score(self, reward, images, prompts, timeout_s) -> list[ItemResult]:
+        """``RewardService.Score``."""
+        import grpc
+
+        from services.proto import reward_pb2 as pb
+
+        request = pb.ScoreRequest(
+            reward=reward, images=[encode_png(img) for img in images], prompts=prompts or []
+        )
+        try:
+            reply = self._stub.Score(request, timeout=timeout_s, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_grpc(exc.code(), exc.details() or "") from exc
+        return from_proto(reply, ScoreResponse).results
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()

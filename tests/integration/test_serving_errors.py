@@ -1,0 +1,188 @@
+"""Bad input gets a clear 4xx (or gRPC status) naming the problem, and the service keeps serving.
+
+Also: a killed replica is replaced by Serve and the client's retry succeeds.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.client import RetryPolicy, RewardClient
+from services.images import encode_base64_png, encode_png
+from services.proto import reward_pb2 as pb
+from services.proto import reward_pb2_grpc
+from tests.integration.conftest import MAX_BODY_BYTES
+
+pytestmark = pytest.mark.integration
+
+GOOD = np.full((24, 24, 3), 90, dtype=np.uint8)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares a huge image (a decompression bomb's signature)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    body = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    idat = zlib.compress(b"\x00" * 64)
+    crc = struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    body += struct.pack(">I", len(idat)) + b"IDAT" + idat + crc
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def _truncated_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        buffer, "PNG"
+    )
+    return buffer.getvalue()[:300]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+GOOD_B64 = encode_base64_png(GOOD)
+# (name, path, json body, expected status, expected error code, words the message must contain)
+HTTP_CASES = [
+    ("zero images", "aesthetic", {"images": []}, 422, "invalid_input", "image"),
+    ("too many images", "aesthetic", {"images": [GOOD_B64] * 65}, 413, "payload_too_large", "64"),
+    (
+        "prompt count mismatch",
+        "pickscore",
+        {"images": [GOOD_B64] * 2, "prompts": ["one"]},
+        422,
+        "invalid_input",
+        "1 prompts for 2 images",
+    ),
+    ("missing prompt", "pickscore", {"images": [GOOD_B64]}, 422, "invalid_input", "prompt"),
+    ("unknown reward", "nope", {"images": [GOOD_B64]}, 404, "unknown_reward", "nope"),
+    ("unknown field", "aesthetic", {"images": [GOOD_B64], "x": 1}, 422, "invalid_input", "x"),
+    ("images not a list", "aesthetic", {"images": "abc"}, 422, "invalid_input", "images"),
+    (
+        "control character in prompt",
+        "pickscore",
+        {"images": [GOOD_B64], "prompts": ["bad\x00prompt"]},
+        422,
+        "invalid_input",
+        "U+0000",
+    ),
+    (
+        "absurdly long prompt",
+        "pickscore",
+        {"images": [GOOD_B64], "prompts": ["x" * 5000]},
+        413,
+        "payload_too_large",
+        "5000",
+    ),
+]
+# one bad image among good ones: an error for that item only
+ITEM_CASES = [
+    ("not base64", "%%%not base64%%%", "base64"),
+    ("not an image", _b64(b"hello, I am text"), "not a recognized image"),
+    ("truncated", _b64(_truncated_png()), "truncated"),
+    ("decompression bomb", _b64(_png_header_only(60000, 60000)), "pixels"),
+]
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=[c[0] for c in HTTP_CASES])
+def test_http_rejects_bad_requests_and_keeps_serving(reward_app, case):
+    _, reward, body, status, code, words = case
+    url = f"{reward_app.http_url}/v1/rewards/{reward}/score"
+    reply = httpx.post(url, json=body, timeout=60)
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == code
+    assert words.lower() in error["message"].lower()
+    good = httpx.post(
+        f"{reward_app.http_url}/v1/rewards/aesthetic/score", json={"images": [GOOD_B64]}, timeout=60
+    )
+    assert good.status_code == 200 and good.json()["results"][0]["score"] is not None
+
+
+@pytest.mark.parametrize("case", ITEM_CASES, ids=[c[0] for c in ITEM_CASES])
+def test_one_bad_image_is_an_error_for_that_item_only(reward_app, case):
+    _, payload, words = case
+    body = {"images": [GOOD_B64, payload, GOOD_B64]}
+    reply = httpx.post(f"{reward_app.http_url}/v1/rewards/aesthetic/score", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    results = reply.json()["results"]
+    assert results[0]["score"] is not None and results[2]["score"] is not None
+    assert results[1]["score"] is None
+    assert words.lower() in results[1]["error"].lower()
+
+
+def test_http_rejects_malformed_json_and_oversized_body(reward_app):
+    url = f"{reward_app.http_url}/v1/rewards/aesthetic/score"
+    broken = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert broken.status_code == 422 and broken.json()["error"]["code"] == "invalid_input"
+    huge = {"images": ["A" * (MAX_BODY_BYTES + 10)]}
+    reply = httpx.post(url, json=huge, timeout=60)
+    assert reply.status_code == 413
+    assert reply.json()["error"]["code"] == "payload_too_large"
+    assert httpx.post(url, json={"images": [GOOD_B64]}, timeout=60).status_code == 200
+
+
+GRPC_CASES = [
+    ("unknown reward", pb.ScoreRequest(reward="nope", images=[encode_png(GOOD)]), "NOT_FOUND"),
+    ("zero images", pb.ScoreRequest(reward="aesthetic"), "INVALID_ARGUMENT"),
+    (
+        "prompt mismatch",
+        pb.ScoreRequest(reward="pickscore", images=[encode_png(GOOD)] * 2, prompts=["a"]),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "too many images",
+        pb.ScoreRequest(reward="aesthetic", images=[encode_png(GOOD)] * 65),
+        "RESOURCE_EXHAUSTED",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", GRPC_CASES, ids=[c[0] for c in GRPC_CASES])
+def test_grpc_maps_bad_requests_to_status_codes(reward_app, case):
+    _, request, code = case
+    metadata = [("application", reward_app.app_name)]
+    with grpc.insecure_channel(reward_app.grpc_target) as channel:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Score(request, metadata=metadata, timeout=60)
+        assert caught.value.code().name == code
+        assert caught.value.details()
+        bad_item = pb.ScoreRequest(reward="aesthetic", images=[b"garbage", encode_png(GOOD)])
+        reply = stub.Score(bad_item, metadata=metadata, timeout=60)
+    assert not reply.results[0].HasField("score") and reply.results[0].error
+    assert reply.results[1].HasField("score")
+
+
+def _replica_actor_names(deployment: str) -> list[str]:
+    import ray
+
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    return [a["name"] for a in actors if "REPLICA" in a["name"] and f"#{deployment}#" in a["name"]]
+
+
+def test_killed_replica_is_replaced_and_the_client_retry_succeeds(reward_app):
+    import ray
+
+    names = _replica_actor_names("jpeg_compressibility")
+    assert names, "no replica actor found"
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    client = RewardClient.in_cluster(
+        reward_app.app_name, timeout_s=30, retry=RetryPolicy(max_retries=10, backoff_s=0.5)
+    )
+    try:
+        matrix = client.score([GOOD] * 4, None, ["jpeg_compressibility"])
+    finally:
+        client.close()
+    assert matrix.failures == {}
+    assert np.all(np.isfinite(matrix.scores))
+    assert _replica_actor_names("jpeg_compressibility") != names  # a new replica serves

@@ -1,0 +1,139 @@
+"""Handles, HTTP and gRPC reach the same scoring code and return the in-process numbers."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from services.client import RewardClient
+from services.protocol import HealthResponse, RewardsListResponse, ScoreManyResponse
+from services.rewards.base import build_reward
+from tests.integration.conftest import REWARD_DEPLOYMENTS
+from tests.rendering import render
+
+pytestmark = pytest.mark.integration
+
+REWARDS = [d["reward"] for d in REWARD_DEPLOYMENTS]
+
+
+def _images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [
+        (rng.random((40, 56, 3)) * 255).astype(np.uint8),
+        render("OPEN", size=(256, 128), font_size=40),
+        np.full((64, 64, 3), 200, dtype=np.uint8),
+    ]
+
+
+PROMPTS = ['a sign that says "OPEN"', 'a sign that says "OPEN"', "a grey square"]
+
+
+@pytest.fixture(scope="module")
+def in_process_scores() -> dict[str, list[float | None]]:
+    out = {}
+    for dep in REWARD_DEPLOYMENTS:
+        model = build_reward(dep["reward"], dep.get("params"))
+        model.load()
+        out[dep["reward"]] = model.score(_images(), PROMPTS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clients(reward_app):
+    made = {
+        "handle": RewardClient.in_cluster(reward_app.app_name),
+        "http": RewardClient.over_http(reward_app.http_url),
+        "grpc": RewardClient.over_grpc(reward_app.grpc_target),
+    }
+    yield made
+    for client in made.values():
+        client.close()
+
+
+@pytest.mark.parametrize("path", ["handle", "http", "grpc"])
+def test_every_path_returns_the_in_process_scores(clients, in_process_scores, path):
+    matrix = clients[path].score(_images(), PROMPTS, REWARDS)
+    assert matrix.failures == {}
+    for k, reward in enumerate(REWARDS):
+        expected = np.array(in_process_scores[reward], dtype=float)  # None -> NaN
+        assert np.isfinite(expected).sum() >= 2, reward
+        np.testing.assert_allclose(matrix.scores[k], expected, rtol=1e-5, atol=1e-6, err_msg=reward)
+
+
+def test_served_ocr_reads_rendered_text(clients):
+    image = render("HELLO", size=(320, 160), font_size=48)
+    prompts = ['a poster that says "HELLO"', 'a poster that says "GOODBYE"', "no quotes here"]
+    matrix = clients["http"].score([image] * 3, prompts, ["ocr"])
+    assert matrix.scores[0, 0] == pytest.approx(1.0)
+    assert matrix.scores[0, 1] < 0.5
+    assert np.isnan(matrix.scores[0, 2])  # nothing to read for: unscorable, never 0
+
+
+def test_score_many_over_http_matches_single_calls(reward_app, clients):
+    from services.images import encode_base64_png
+
+    images = _images()
+    body = {
+        "rewards": ["aesthetic", "jpeg_compressibility"],
+        "images": [encode_base64_png(i) for i in images],
+    }
+    reply = httpx.post(f"{reward_app.http_url}/v1/score", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    many = ScoreManyResponse.model_validate(reply.json()).by_reward()
+    single = clients["http"].score(images, None, ["aesthetic", "jpeg_compressibility"])
+    for k, reward in enumerate(["aesthetic", "jpeg_compressibility"]):
+        got = [r.score for r in many[reward].results]
+        np.testing.assert_allclose(got, single.scores[k], rtol=1e-6)
+
+
+def test_rewards_listing_health_and_docs(reward_app):
+    listing = httpx.get(f"{reward_app.http_url}/v1/rewards", timeout=30)
+    assert listing.status_code == 200
+    rewards = RewardsListResponse.model_validate(listing.json()).rewards
+    assert sorted(r.name for r in rewards) == sorted(REWARDS)
+    assert all(r.ready for r in rewards)
+    by_name = {r.name: r for r in rewards}
+    assert by_name["pickscore"].needs_prompt and not by_name["aesthetic"].needs_prompt
+    assert by_name["pickscore"].config["variant"] == "tiny"
+    health = httpx.get(f"{reward_app.http_url}/healthz", timeout=30)
+    assert health.status_code == 200 and HealthResponse.model_validate(health.json()).ready
+    assert httpx.get(f"{reward_app.http_url}/docs", timeout=30).status_code == 200
+    spec = httpx.get(f"{reward_app.http_url}/openapi.json", timeout=30).json()
+    assert "/v1/rewards/{name}/score" in spec["paths"] and "/v1/score" in spec["paths"]
+
+
+def test_grpc_health_and_score_many(reward_app):
+    import grpc
+
+    from services.images import encode_png
+    from services.proto import reward_pb2 as pb
+    from services.proto import reward_pb2_grpc
+
+    with grpc.insecure_channel(reward_app.grpc_target) as channel:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+        metadata = [("application", reward_app.app_name)]
+        health = stub.Health(pb.HealthRequest(), metadata=metadata, timeout=30)
+        assert health.ready and sorted(r.reward for r in health.rewards) == sorted(REWARDS)
+        request = pb.ScoreManyRequest(
+            rewards=["aesthetic", "ocr"],
+            images=[encode_png(i) for i in _images()],
+            prompts=PROMPTS,
+        )
+        reply = stub.ScoreMany(request, metadata=metadata, timeout=60)
+    assert [r.reward for r in reply.results] == ["aesthetic", "ocr"]
+    assert all(len(r.results) == 3 and not r.error for r in reply.results)
+    assert reply.results[0].results[0].HasField("score")
+
+
+def test_dynamic_batching_groups_concurrent_callers(reward_app):
+    """64 single-image calls at once are served in far fewer model calls."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("jpeg_compressibility", app_name=reward_app.app_name)
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    responses = [handle.score.remote([image]) for _ in range(64)]
+    results = [r.result(timeout_s=60) for r in responses]
+    assert all(len(r) == 1 and r[0]["score"] is not None for r in results)
+    stats = handle.batch_stats.remote().result(timeout_s=30)
+    assert stats["max_batch_size_seen"] > 1
