@@ -192,6 +192,26 @@ class RewardConfig(Section):
     )
     weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="base weight w[k]")
     params: dict[str, Any] = Field(default_factory=dict, description="passed to the reward")
+    serving: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Serve settings of its deployment (num_cpus, num_gpus, num_replicas, "
+        "autoscaling, max_batch_size, runtime_env...; services/config.py)",
+    )
+
+
+class RewardServiceConfig(Section):
+    """How the trainer reaches the reward services, and what a failing one does to a step."""
+
+    app_name: str = Field("rewards", min_length=1, description="Serve application name")
+    deploy: bool = Field(True, description="deploy the rewards from the trainer (else: running)")
+    http_port: int = Field(8000, ge=1, le=65535, description="ingress port when deploying")
+    grpc_port: int = Field(0, ge=0, le=65535, description="gRPC port when deploying; 0 = off")
+    timeout_s: float = Field(300.0, gt=0, description="per reward call, per attempt")
+    max_retries: int = Field(3, ge=0, description="retries of retryable failures per call")
+    on_failure: Literal["fail", "wait"] = Field(
+        "fail", description="a reward still down after retries: fail the step, or keep waiting"
+    )
+    wait_timeout_s: float = Field(1800.0, gt=0, description="with on_failure=wait: give up after")
 
 
 def _paper_rewards() -> list[RewardConfig]:
@@ -217,6 +237,9 @@ class CoordinatorConfig(Section):
     actor_name: str = Field("apex-coordinator", min_length=1, description="named actor")
     max_restarts: int = Field(3, ge=-1, description="Ray actor restarts (-1 = unlimited)")
     metrics_jsonl: bool = Field(True, description="write every step's terms to metrics.jsonl")
+    exchange_timeout_s: float = Field(
+        1800.0, gt=0, description="how long a worker waits for the others' rewards of a step"
+    )
 
 
 class DataConfig(Section):
@@ -305,6 +328,9 @@ class TrainConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="optimization")
     rewards: list[RewardConfig] = Field(
         default_factory=_paper_rewards, min_length=1, description="objectives, in order"
+    )
+    reward_service: RewardServiceConfig = Field(
+        default_factory=RewardServiceConfig, description="reaching the reward services"
     )
     balancer: BalancerConfig = Field(default_factory=BalancerConfig, description="balancer")
     coordinator: CoordinatorConfig = Field(default_factory=CoordinatorConfig, description="actor")

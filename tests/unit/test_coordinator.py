@@ -1,0 +1,140 @@
+"""Coordinator state and the plain Coordinator class (no Ray): lock step, splits, restarts."""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from trainer.coordinator.actor import METRICS_FILE, STATE_FILE, Coordinator
+from trainer.coordinator.state import CoordinatorState
+from trainer.core.balance import make_balancer
+
+OBJECTIVES = ["pickscore", "ocr", "aesthetic"]
+
+
+def _batch(step, n=16, groups=4):
+    rng = np.random.default_rng(step)
+    rewards = rng.normal(size=(3, n)) * np.array([[0.01], [0.5], [1.0]])
+    return rewards, np.repeat(np.arange(groups), n // groups)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_global_batch_equals_one_balancer_over_the_concatenation(workers):
+    """Groups may span workers: the split result is the single-process result, sliced."""
+    state = CoordinatorState(
+        balancer="apex",
+        objectives=OBJECTIVES,
+        num_workers=workers,
+        balancer_options={"warmup_steps": 2},
+    )
+    reference = make_balancer("apex", 3, warmup_steps=2)
+    for step in range(6):
+        rewards, groups = _batch(step)
+        ref_adv, ref_w, _ = reference.step(rewards, groups)
+        shares = np.array_split(np.arange(rewards.shape[1]), workers)  # splits cut groups
+        result = None
+        for rank in reversed(range(workers)):  # arrival order does not matter
+            idx = shares[rank]
+            result = state.submit(step, rank, rewards[:, idx], groups[idx])
+            if rank:
+                assert result is None
+        assert result is not None and result.step == step
+        got = np.concatenate([result.advantages[r] for r in range(workers)])
+        np.testing.assert_allclose(got, ref_adv, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(result.weights, ref_w, rtol=1e-12)
+
+
+def test_resend_of_a_computed_step_returns_the_same_result_and_skips_nothing():
+    state = CoordinatorState(balancer="dsan", objectives=OBJECTIVES, num_workers=1)
+    rewards, groups = _batch(0)
+    first = state.submit(0, 0, rewards, groups)
+    again = state.submit(0, 0, rewards * 100, groups)  # a resend after a restart
+    assert again is first and state.step == 1
+    with pytest.raises(ValueError, match="collecting step 1"):
+        state.submit(3, 0, rewards, groups)
+
+
+def test_bad_submissions_name_the_problem():
+    state = CoordinatorState(balancer="apex", objectives=OBJECTIVES, num_workers=2)
+    rewards, groups = _batch(0)
+    with pytest.raises(ValueError, match="rank 2 outside 0..1"):
+        state.submit(0, 2, rewards, groups)
+    with pytest.raises(ValueError, match=r"must be \[3, batch\]"):
+        state.submit(0, 0, rewards[:2], groups)
+    with pytest.raises(ValueError, match="one group id per sample"):
+        state.submit(0, 0, rewards, groups[:3])
+    with pytest.raises(ValueError, match="unique"):
+        CoordinatorState(balancer="apex", objectives=["a", "a"], num_workers=1)
+
+
+def test_state_round_trip_continues_bit_identically():
+    a = CoordinatorState(
+        balancer="apex", objectives=OBJECTIVES, num_workers=1, balancer_options={"warmup_steps": 2}
+    )
+    for step in range(4):
+        a.submit(step, 0, *_batch(step))
+    b = CoordinatorState(
+        balancer="apex", objectives=OBJECTIVES, num_workers=1, balancer_options={"warmup_steps": 2}
+    )
+    b.load_state_dict(json.loads(json.dumps(a.state_dict(), allow_nan=False)))
+    assert b.step == 4 and b.result(3) is not None
+    for step in range(4, 8):
+        ra, rb = a.submit(step, 0, *_batch(step)), b.submit(step, 0, *_batch(step))
+        np.testing.assert_array_equal(ra.advantages[0], rb.advantages[0])
+        np.testing.assert_array_equal(ra.weights, rb.weights)
+
+
+def _coordinator(tmp_path, workers=2):
+    return Coordinator(
+        balancer="apex",
+        objectives=OBJECTIVES,
+        num_workers=workers,
+        run_dir=str(tmp_path),
+        balancer_options={"warmup_steps": 1},
+        exchange_timeout_s=5,
+        export_metrics=False,
+    )
+
+
+def test_exchange_waits_for_every_worker_and_records_metrics(tmp_path):
+    async def run():
+        coord = _coordinator(tmp_path)
+        rewards, groups = _batch(0)
+        halves = [slice(0, 8), slice(8, 16)]
+        replies = await asyncio.gather(
+            *(
+                coord.exchange(0, rank, rewards[:, part].tolist(), groups[part].tolist())
+                for rank, part in enumerate(halves)
+            )
+        )
+        coord.record(0, "train", {"loss": 0.5, "kl": float("nan")})
+        return coord, replies
+
+    coord, replies = asyncio.run(run())
+    assert [len(r["advantages"]) for r in replies] == [8, 8]
+    assert replies[0]["weights"] == replies[1]["weights"]
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
+    record = json.loads(lines[0])
+    assert record["kind"] == "train" and record["step"] == 0 and record["loss"] == 0.5
+    assert record["kl"] is None and len(record["weights"]) == 3
+    assert record["objectives"] == OBJECTIVES
+    assert json.loads((tmp_path / STATE_FILE).read_text())["step"] == 1
+
+
+def test_a_restarted_coordinator_continues_from_its_persisted_state(tmp_path):
+    async def steps(coord, start, stop):
+        out = []
+        for step in range(start, stop):
+            rewards, groups = _batch(step)
+            out.append(await coord.exchange(step, 0, rewards.tolist(), groups.tolist()))
+        return out
+
+    uninterrupted = asyncio.run(steps(_coordinator(tmp_path / "a", 1), 0, 6))
+    first = _coordinator(tmp_path / "b", 1)
+    asyncio.run(steps(first, 0, 3))
+    restarted = _coordinator(tmp_path / "b", 1)  # a new process reads the state file
+    assert restarted.ping() == 3
+    resumed = asyncio.run(steps(restarted, 3, 6))
+    for want, got in zip(uninterrupted[3:], resumed, strict=True):
+        assert want == got

@@ -1,0 +1,169 @@
+"""The coordinator as a named, restartable Ray actor: a thin shell around CoordinatorState.
+
+Workers call :meth:`Coordinator.exchange` with their rewards for step t and wait for the
+global result. The call submits and waits in one go, so when Ray retries it after a
+restart, the worker's share is resent. After every step the state is written atomically
+to the run folder, and a restarted actor picks it up: its weights and statistics continue
+exactly, no step is computed twice or skipped. The actor is also the single writer of the
+run's ``metrics.jsonl`` and exports every term as a Prometheus gauge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.coordinator.metrics import TrainingGauges
+from trainer.coordinator.state import CoordinatorState
+from trainer.core.serialize import to_list
+
+logger = logging.getLogger(__name__)
+STATE_FILE = "coordinator_state.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+class Coordinator:
+    """Plain class; :func:`start_coordinator` makes it a Ray actor."""
+
+    def __init__(
+        self,
+        *,
+        balancer: str,
+        objectives: list[str],
+        num_workers: int,
+        run_dir: str,
+        balancer_options: dict[str, Any] | None = None,
+        exchange_timeout_s: float = 1800.0,
+        write_metrics: bool = True,
+        export_metrics: bool = True,
+    ):
+        self.state = CoordinatorState(
+            balancer=balancer,
+            objectives=objectives,
+            num_workers=num_workers,
+            balancer_options=balancer_options,
+        )
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.exchange_timeout_s = exchange_timeout_s
+        self.write_metrics = write_metrics
+        self.gauges = TrainingGauges(objectives, enabled=export_metrics)
+        self.infos: dict[int, dict[str, Any]] = {}  # step -> balancer info, until recorded
+        self.progress_record: dict[str, Any] = {}
+        self._changed = asyncio.Condition() if _in_event_loop() else None
+        state_path = self.run_dir / STATE_FILE
+        if state_path.is_file():  # a restart: continue exactly where the last step left off
+            self.state.load_state_dict(json.loads(state_path.read_text()))
+            logger.info("coordinator restored at step %d from %s", self.state.step, state_path)
+
+    async def exchange(
+        self, step: int, rank: int, rewards: list[list[float]], group_ids: list[int]
+    ) -> dict[str, Any]:
+        """Submit a worker's share of ``step`` and wait for the global result."""
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        rewards_arr = np.array(
+            [[np.nan if v is None else v for v in row] for row in rewards], dtype=np.float64
+        )
+        result = self.state.submit(step, rank, rewards_arr, np.asarray(group_ids))
+        async with self._changed:
+            if result is not None and step not in self.infos:
+                self._after_step(result)
+                self._changed.notify_all()
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: self.state.result(step) is not None),
+                timeout=self.exchange_timeout_s,
+            )
+        return self.state.result(step).for_rank(rank)
+
+    def _after_step(self, result) -> None:
+        info = {k: _jsonable(v) for k, v in result.info.items() if k != "step"}
+        self.infos[result.step] = info
+        self._persist()
+        self.gauges.export(result.step, info)
+        self.progress_record = {"step": result.step, **info}
+
+    def record(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        """Append one record to ``metrics.jsonl``; train records get the step's balancer terms."""
+        record: dict[str, Any] = {"kind": kind, "step": step, "objectives": self.state.objectives}
+        if kind == "train":
+            record.update(self.infos.pop(step, {}))
+        record.update({k: _jsonable(v) for k, v in values.items()})
+        self.gauges.export(step, record)
+        self.progress_record = {**self.progress_record, **record}
+        if self.write_metrics:
+            with open(self.run_dir / METRICS_FILE, "a") as handle:
+                handle.write(json.dumps(record, allow_nan=False) + "\n")
+
+    def progress(self) -> dict[str, Any]:
+        """The latest step's terms merged with the latest trainer values (for progress bars)."""
+        return dict(self.progress_record)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state, for the trainer's checkpoint."""
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Restore a checkpointed state (on resume); returns the step being collected."""
+        self.state.load_state_dict(state)
+        self.infos.clear()
+        self._persist()
+        return self.state.step
+
+    def ping(self) -> int:
+        """Liveness check; returns the step being collected."""
+        return self.state.step
+
+    def _persist(self) -> None:
+        path = self.run_dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state.state_dict(), allow_nan=False))
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written state
+
+
+def start_coordinator(name: str, max_restarts: int, **kwargs) -> Any:
+    """Create (or replace) the named coordinator actor; calls are retried across restarts."""
+    import ray
+
+    with contextlib.suppress(ValueError):
+        ray.kill(ray.get_actor(name))
+    actor_cls = ray.remote(Coordinator)
+    return actor_cls.options(
+        name=name,
+        max_restarts=max_restarts,
+        max_task_retries=-1 if max_restarts != 0 else 0,
+        max_concurrency=64,
+        num_cpus=0,
+    ).remote(**kwargs)
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy values and nested containers as strict-JSON values (non-finite -> None)."""
+    if isinstance(value, np.ndarray):
+        return to_list(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
