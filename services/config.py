@@ -120,7 +120,12 @@ def load_services_config(source: str | Path | dict) -> ServicesConfig:
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"services config not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"services config {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"services config {path} must be a mapping at the top level")
     try:
         return ServicesConfig.model_validate(data)
     except ValidationError as exc:

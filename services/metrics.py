@@ -70,7 +70,7 @@ class RewardMetrics:
         if not self.enabled:
             return
         self.batch_size.observe(len(scores), tags=self.tags)
-        valid = [s for s in scores if s is not None and math.isfinite(s)]
+        valid = [float(s) for s in scores if s is not None and math.isfinite(s)]
         if valid:
             self.images.inc(len(valid), tags=self.tags)
             mean = sum(valid) / len(valid)

@@ -35,5 +35,7 @@ def check_bearer(header_value: str | None, token: str | None) -> None:
     if not header_value:
         raise Unauthenticated("missing 'authorization: Bearer <token>'")
     scheme, _, given = header_value.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass")
+    ):
         raise Unauthenticated("invalid bearer token")

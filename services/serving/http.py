@@ -12,6 +12,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.errors import PayloadTooLarge, RewardServiceError, from_validation_error, to_http
@@ -33,14 +34,18 @@ _OPEN_PATHS = frozenset({"/healthz"})
 
 
 class BodySizeLimit:
-    """ASGI middleware: reject a body over ``max_bytes`` (declared or streamed) with 413."""
+    """ASGI middleware: a body over ``max_bytes`` (declared or streamed) gets 413.
+
+    The body is buffered (up to the limit) before the app sees it, so an oversized chunked
+    body is refused by this middleware instead of failing inside FastAPI's body parsing.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request through, counting body bytes as they arrive."""
+        """Buffer the request body, refusing it past the limit, then replay it to the app."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -49,27 +54,33 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(send)
             return
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
+        chunks, size, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise PayloadTooLarge(self._message())
-            return message
+            if message["type"] != "http.request":  # client went away
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._reject(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except PayloadTooLarge:
-            await self._reject(send)
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-    def _message(self) -> str:
-        return f"request body over the limit of {self.max_bytes} bytes"
+        await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        status, body = to_http(PayloadTooLarge(self._message()))
+        message = f"request body over the limit of {self.max_bytes} bytes"
+        status, body = to_http(PayloadTooLarge(message))
         await JSONResponse(body, status_code=status)({"type": "http"}, None, send)
 
 
@@ -97,6 +108,12 @@ def build_http_app(router: RewardRouter, token: str | None, max_body_bytes: int)
     async def _service_error(_: Request, exc: RewardServiceError) -> JSONResponse:
         status, body = to_http(exc)
         return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"error": {"code": code, "message": str(exc.detail), "details": {}}}
+        return JSONResponse(body, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
