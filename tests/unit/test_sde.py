@@ -92,3 +92,15 @@ def test_gaussian_log_prob_treats_sample_as_data():
     lp.sum().backward()
     assert sample.grad is None
     assert mean.grad is not None
+
+
+def test_per_sample_generators_make_noise_independent_of_the_batch():
+    x, v = torch.zeros(3, 4), torch.zeros(3, 4)
+    gens = [torch.Generator().manual_seed(s) for s in (10, 11, 12)]
+    full = sde_step(x, v, 0.5, 0.3, sigma_max=0.99, generator=gens)
+    alone = sde_step(
+        x[1:2], v[1:2], 0.5, 0.3, sigma_max=0.99, generator=[torch.Generator().manual_seed(11)]
+    )
+    torch.testing.assert_close(full.sample[1:2], alone.sample)
+    with pytest.raises(ValueError, match="3 generators for a batch of 2"):
+        sde_step(x[:2], v[:2], 0.5, 0.3, sigma_max=0.99, generator=gens)

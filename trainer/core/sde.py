@@ -89,6 +89,20 @@ def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
     return lp.mean(dim=tuple(range(1, lp.ndim)))
 
 
+def standard_normal(
+    shape: tuple[int, ...],
+    generator: torch.Generator | list[torch.Generator] | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """CPU standard normal noise; a list of generators draws row ``i`` from ``generator[i]``."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        rows = [torch.randn(shape[1:], generator=g, dtype=dtype) for g in generator]
+        return torch.stack(rows)
+    return torch.randn(shape, generator=generator, dtype=dtype)
+
+
 def sde_step(
     x: torch.Tensor,
     velocity: torch.Tensor,
@@ -98,12 +112,13 @@ def sde_step(
     sigma_max: float,
     noise_level: float = 0.7,
     prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> SDEStep:
     """Take (or re-score) one SDE step.
 
     With ``prev_sample=None`` a new ``x_next = mean + std * noise`` is drawn (using
-    ``generator`` when given); otherwise the given sample is scored, which is how the training
+    ``generator`` when given: one for the batch, or a list with one per sample so that a
+    sample's noise does not depend on which batch or worker it is drawn in); otherwise the given sample is scored, which is how the training
     pass recomputes log-probs of a recorded trajectory under the current policy.
     With ``noise_level = 0`` the step is the deterministic ODE step and the log-prob is
     undefined, so ``log_prob`` is returned as zeros.
@@ -115,8 +130,8 @@ def sde_step(
         if noise_level == 0.0:
             prev_sample = mean
         else:
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu")
-            prev_sample = mean + std * noise.to(x.device)
+            noise = standard_normal(x.shape, generator, x.dtype).to(x.device)
+            prev_sample = mean + std * noise
     elif prev_sample.shape != x.shape:
         raise ValueError(f"prev_sample {tuple(prev_sample.shape)} must match x {tuple(x.shape)}")
     if noise_level == 0.0:
