@@ -9,6 +9,8 @@ TORCH_VERSION ?= 2.13.0
 EXTRAS ?= dev,ocr
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= deploy/configs/local.yaml
+SERVE_CONFIG ?= deploy/serve/local.yaml
+ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: help setup test test-unit test-integration lint format train serve bench proto clean
@@ -17,7 +19,7 @@ help:
 	@echo "make setup   create $(VENV) and install the project (no-op when nothing changed)"
 	@echo "make test    run the test suite"
 	@echo "make lint    run ruff"
-	@echo "make train   run the main training job (CONFIG=$(CONFIG))"
+	@echo "make train   run the main training job (CONFIG=$(CONFIG), ARGS=key=value ...)"
 	@echo "make serve   start the reward services locally"
 	@echo "make bench   run the benchmarks under bench/"
 	@echo "make proto   regenerate services/proto from protos/reward/v1/reward.proto"
@@ -48,16 +50,10 @@ format: setup
 	$(PY) -m ruff check --fix services trainer tests bench
 
 train: setup
-	@echo "make train: not built yet. The trainer (issue 'Trainer: Flow-GRPO + APEX on SD3.5"
-	@echo "with Ray Train ...') has not landed; today the repository holds the config tree"
-	@echo "and the math core. Check a config with:"
-	@echo "  $(PY) -m trainer.config $(CONFIG)"
-	@exit 2
+	$(PY) -m trainer.main $(CONFIG) $(ARGS)
 
 serve: setup
-	@echo "make serve: not built yet. The reward services (issue 'Reward services: ...')"
-	@echo "have not landed."
-	@exit 2
+	$(PY) -m services.serve $(SERVE_CONFIG)
 
 bench: setup
 	$(PY) bench/synthetic_mo.py

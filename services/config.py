@@ -91,6 +91,8 @@ class ServicesConfig(_Strict):
     """A whole reward-serving application."""
 
     app_name: str = "rewards"
+    log_level: str = Field("INFO", description="replica log level (Serve's logging_config)")
+    access_log: bool = Field(False, description="log every request (noisy under load)")
     deployments: list[RewardDeploymentConfig] = Field(min_length=1)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     limits: ImageLimits = Field(default_factory=ImageLimits)

@@ -60,7 +60,7 @@ class TinyModelConfig(Section):
     attention_heads: int = Field(2, ge=1, description="heads per block")
     attention_head_dim: int = Field(16, ge=1, description="width = heads x head_dim")
     patch_size: int = Field(2, ge=1, description="latent patch size, as in SD3")
-    latent_channels: int = Field(4, ge=1, description="VAE latent channels (SD3: 16)")
+    latent_channels: int = Field(16, ge=1, description="VAE latent channels (as SD3: 16)")
     vae_block_channels: list[int] = Field(
         [8, 16, 16, 16], min_length=1, description="VAE blocks; downsampling 2^(len-1)"
     )
@@ -68,7 +68,7 @@ class TinyModelConfig(Section):
     clip_layers: int = Field(2, ge=1, description="layers of each CLIP text encoder")
     clip_heads: int = Field(2, ge=1, description="heads of each CLIP text encoder")
     clip_projection_dim: int = Field(32, ge=1, description="pooled size per CLIP (x2 in total)")
-    t5_dim: int = Field(32, ge=1, description="d_model of the tiny T5 (joint attention dim)")
+    t5_dim: int = Field(64, ge=1, description="d_model of the tiny T5 (joint attention dim)")
     t5_layers: int = Field(2, ge=1, description="layers of the tiny T5")
     t5_heads: int = Field(2, ge=1, description="heads of the tiny T5")
     t5_ff_dim: int = Field(64, ge=1, description="feed-forward size of the tiny T5")
@@ -81,6 +81,11 @@ class TinyModelConfig(Section):
             raise ValueError(
                 f"clip_hidden_size={self.clip_hidden_size} must be divisible by "
                 f"clip_heads={self.clip_heads}"
+            )
+        if self.t5_dim < 2 * self.clip_hidden_size:
+            raise ValueError(
+                f"t5_dim={self.t5_dim} must be >= 2 x clip_hidden_size={self.clip_hidden_size} "
+                "(SD3 pads the two CLIP embeddings up to the T5 width)"
             )
         return self
 
@@ -308,6 +313,12 @@ class ScalingConfig(Section):
         None, description="None: start a local cluster; 'auto': join one; or host:port"
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster; None = all")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch threads of a CPU worker; None = torch's default"
+    )
+    max_failures: int = Field(
+        2, ge=-1, description="worker failures Ray Train restores from a checkpoint (-1: no cap)"
+    )
 
     @model_validator(mode="after")
     def _num_cpus_needs_local(self) -> ScalingConfig:

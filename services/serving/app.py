@@ -21,6 +21,11 @@ GRPC_SERVICER = "services.proto.reward_pb2_grpc.add_RewardServiceServicer_to_ser
 INGRESS_NAME = "RewardIngress"
 
 
+def logging_options(config: ServicesConfig) -> dict[str, Any]:
+    """Serve's per-deployment ``logging_config`` from the services config."""
+    return {"log_level": config.log_level, "enable_access_log": config.access_log}
+
+
 def deployment_options(dep: RewardDeploymentConfig) -> dict[str, Any]:
     """Serve ``.options(...)`` of one reward deployment: resources, replicas, health checks."""
     actor: dict[str, Any] = {"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus}
@@ -48,13 +53,16 @@ def build_app(config: ServicesConfig) -> serve.Application:
     handles = {}
     needs_prompt = {}
     for dep in config.deployments:
-        deployment = serve.deployment(RewardDeployment).options(**deployment_options(dep))
+        deployment = serve.deployment(RewardDeployment).options(
+            **deployment_options(dep), logging_config=logging_options(config)
+        )
         handles[dep.deployment_name] = deployment.bind(dep.model_dump(mode="json"), limits)
         needs_prompt[dep.deployment_name] = get_reward_class(dep.reward).needs_prompt
     ingress = serve.deployment(serve.ingress()(RewardIngress)).options(
         name=INGRESS_NAME,
         ray_actor_options={"num_cpus": config.ingress.num_cpus},
         max_ongoing_requests=1024,
+        logging_config=logging_options(config),
     )
     return ingress.bind(handles, needs_prompt, config.ingress.model_dump(mode="json"), limits)
 

@@ -257,3 +257,13 @@ def test_worker_split_errors(rank, world, match):
 def test_sampler_rejects_bad_arguments(prompts, groups, epoch):
     with pytest.raises(ValueError):
         PromptSampler(prompts, groups, seed=0).groups(epoch)
+
+
+def test_prompt_file_error_survives_pickling():
+    """It crosses Ray process boundaries (a worker's error reaches the driver)."""
+    import pickle
+
+    from trainer.loop.data import PromptFileError
+
+    err = pickle.loads(pickle.dumps(PromptFileError("a.txt", "empty", 3)))
+    assert str(err) == "a.txt:3: empty" and err.line == 3

@@ -118,8 +118,9 @@ def sde_step(
 
     With ``prev_sample=None`` a new ``x_next = mean + std * noise`` is drawn (using
     ``generator`` when given: one for the batch, or a list with one per sample so that a
-    sample's noise does not depend on which batch or worker it is drawn in); otherwise the given sample is scored, which is how the training
-    pass recomputes log-probs of a recorded trajectory under the current policy.
+    sample's noise does not depend on which batch or worker it is drawn in); otherwise the
+    given sample is scored, which is how the training pass recomputes log-probs of a
+    recorded trajectory under the current policy.
     With ``noise_level = 0`` the step is the deterministic ODE step and the log-prob is
     undefined, so ``log_prob`` is returned as zeros.
     """

@@ -44,6 +44,10 @@ class PromptFileError(ValueError):
         where = self.path if line is None else f"{self.path}:{line}"
         super().__init__(f"{where}: {reason}")
 
+    def __reduce__(self):
+        # crosses Ray process boundaries: rebuild from the constructor's arguments
+        return (type(self), (self.path, self.reason, self.line))
+
 
 def load_prompts(paths: str | Path | Sequence[str | Path], fmt: PromptFormat = "auto") -> list[str]:
     """The prompts of one or several files, concatenated in order.

@@ -1,0 +1,154 @@
+"""The policy update of one epoch: PPO-clip + KL over the trained timesteps, across workers.
+
+Gradients of the LoRA parameters are averaged over all workers with one all-reduce per
+optimizer step, so W workers with b samples each take the same step as one worker with
+W*b samples. An EMA of the LoRA weights follows the optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from trainer.config import TrainingConfig
+from trainer.core.losses import flow_grpo_loss
+from trainer.model.pipeline import lora_disabled
+from trainer.model.rollout import PromptEmbeds, Rollout, step_log_prob
+
+
+@dataclass
+class UpdateStats:
+    """Averages over the epoch's optimizer steps (what rank 0 logs)."""
+
+    loss: float
+    policy_loss: float
+    kl: float
+    clip_fraction: float
+    approx_kl: float
+    grad_norm: float
+
+
+class LoraEma:
+    """Exponential moving average of the trainable LoRA parameters."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], decay: float):
+        self.params = list(params)
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """``shadow <- decay * shadow + (1 - decay) * param``."""
+        for s, p in zip(self.shadow, self.params, strict=True):
+            s.mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """Use the EMA weights inside the block (evaluation), the live ones after it."""
+        live = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, s in zip(self.params, self.shadow, strict=True):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, v in zip(self.params, live, strict=True):
+                    p.copy_(v)
+
+    def state_list(self) -> list[torch.Tensor]:
+        """The shadow tensors, in parameter order."""
+        return [s.detach().cpu().clone() for s in self.shadow]
+
+    def load_state_list(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Restore :meth:`state_list`'s output."""
+        for s, t in zip(self.shadow, tensors, strict=True):
+            s.copy_(t.to(s.device))
+
+
+def all_reduce_gradients(params: Sequence[torch.nn.Parameter], world_size: int) -> None:
+    """Average gradients over every worker (a no-op for one worker)."""
+    if world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def policy_update(
+    transformer: torch.nn.Module,
+    rollout: Rollout,
+    embeds: PromptEmbeds,
+    advantages: torch.Tensor,
+    step_indices: torch.Tensor,
+    *,
+    cfg: TrainingConfig,
+    micro_batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.nn.Parameter],
+    world_size: int,
+    sample_indices: Sequence[int] | None = None,
+    ema: LoraEma | None = None,
+    optimizer_step_offset: int = 0,
+) -> UpdateStats:
+    """``cfg.optimizer_steps_per_epoch`` optimizer steps over this worker's samples.
+
+    Optimizer step ``k`` takes the samples whose global index ``s`` has ``s % steps == k``,
+    so every step sees the same global samples however they are split among workers (and
+    each step mixes all prompt groups, as Flow-GRPO's shuffled batches do).
+    """
+    n = len(rollout)
+    steps = cfg.optimizer_steps_per_epoch
+    index = torch.as_tensor(list(range(n)) if sample_indices is None else list(sample_indices))
+    chunks = [torch.nonzero(index % steps == k).flatten() for k in range(steps)]
+    guidance = rollout.guidance_scale if cfg.cfg else 1.0
+    sums = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
+    grad_norms = []
+    terms = 0
+    for k, chunk in enumerate(chunks):
+        weight = 1.0 / (len(chunk) * len(step_indices))
+        for mb in chunk.split(micro_batch_size):
+            part, part_embeds, adv = rollout.select(mb), embeds.select(mb), advantages[mb]
+            for j in step_indices.tolist():
+                new = step_log_prob(transformer, part, j, part_embeds, guidance_scale=guidance)
+                ref_mean = None
+                if cfg.kl_beta > 0:
+                    with torch.no_grad(), lora_disabled(transformer):
+                        ref_mean = step_log_prob(
+                            transformer, part, j, part_embeds, guidance_scale=guidance
+                        ).mean
+                out = flow_grpo_loss(
+                    new.log_prob,
+                    part.log_probs[:, j],
+                    adv,
+                    clip_range=cfg.clip_range,
+                    kl_beta=cfg.kl_beta,
+                    mean=new.mean,
+                    mean_ref=ref_mean,
+                    std=new.std,
+                )
+                (out.loss * len(mb) * weight).backward()
+                for key in sums:
+                    sums[key] += float(getattr(out, key))
+                terms += 1
+        all_reduce_gradients(params, world_size)
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None and (optimizer_step_offset + k + 1) % cfg.ema_update_every == 0:
+            ema.update()
+    means = {key: value / max(terms, 1) for key, value in sums.items()}
+    finite = [g for g in grad_norms if math.isfinite(g)]
+    return UpdateStats(grad_norm=sum(finite) / max(len(finite), 1), **means)

@@ -1,0 +1,266 @@
+"""The Ray Train worker loop: sample, score, balance through the coordinator, update.
+
+Every worker runs :func:`train_loop_per_worker`. Per epoch: sample its share of the
+prompt groups (scoring overlaps sampling), send the rewards to the coordinator and get
+back its advantages, then run the PPO update with gradients averaged over all workers.
+Rank 0 evaluates, logs through the coordinator and writes checkpoints; every rank calls
+``ray.train.report`` at a checkpoint so that Ray Train can restore a failed run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.client import RetryPolicy, RewardClient
+from trainer.config import TrainConfig
+from trainer.loop import checkpoint as ckpt_io
+from trainer.loop.data import PromptSampler, load_prompts
+from trainer.loop.evaluation import evaluate
+from trainer.loop.evaluation_metrics import eval_summary
+from trainer.loop.rollout_phase import sample_and_score
+from trainer.loop.update import LoraEma, policy_update
+from trainer.model.pipeline import add_lora, load_lora_state_dict, load_pipeline, lora_parameters
+from trainer.model.pipeline import lora_state_dict as lora_weights
+from trainer.model.rollout import train_step_indices
+from trainer.report import save_image_grid
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerLoop:
+    """State of one worker's run; :func:`train_loop_per_worker` drives it."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, rank: int, world: int, device):
+        self.cfg, self.run_dir, self.rank, self.world = cfg, run_dir, rank, world
+        import ray
+
+        t = cfg.training
+        torch.manual_seed(t.seed)  # identical base and LoRA init on every worker
+        self.pipe = load_pipeline(cfg.model, device)
+        add_lora(self.pipe.transformer, cfg.lora, seed=t.seed)
+        self.params = lora_parameters(self.pipe.transformer)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay
+        )
+        self.ema = LoraEma(self.params, t.ema_decay) if t.ema else None
+        service = cfg.reward_service
+        self.client = RewardClient.in_cluster(
+            service.app_name,
+            timeout_s=service.timeout_s,
+            retry=RetryPolicy(max_retries=service.max_retries),
+        )
+        self.coordinator = ray.get_actor(cfg.coordinator.actor_name)
+        self.rewards = [r.name for r in cfg.rewards]
+        prompts = load_prompts(cfg.data.train_prompts, cfg.data.format)
+        self.sampler = PromptSampler(prompts, t.groups_per_epoch, t.seed)
+        eval_prompts = load_prompts(cfg.data.eval_prompts, cfg.data.format)
+        self.eval_prompts = eval_prompts[: cfg.evaluation.num_prompts or len(eval_prompts)]
+        self.ckpt_root = Path(cfg.checkpoint.dir or run_dir / "checkpoints")
+        self.start_epoch = 0
+        self.optimizer_steps = 0
+        self.eval_base: dict[str, list[float]] | None = None
+        self.eval_history: list[list[float]] = []
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Continue from Ray Train's checkpoint (a restarted run) or ``checkpoint.resume_from``."""
+        import ray.train
+
+        found = ray.train.get_checkpoint()
+        if found is not None:
+            with found.as_directory() as directory:
+                self._load(ckpt_io.load_checkpoint(directory))
+        elif self.cfg.checkpoint.resume_from:
+            wanted = self.cfg.checkpoint.resume_from
+            path = ckpt_io.latest_checkpoint(self.ckpt_root) if wanted == "latest" else Path(wanted)
+            if path is None:
+                raise FileNotFoundError(f"checkpoint.resume_from=latest: none in {self.ckpt_root}")
+            self._load(ckpt_io.load_checkpoint(path))
+        if self.world > 1:
+            torch.distributed.barrier()  # the coordinator is restored before anyone exchanges
+
+    def _load(self, ckpt: ckpt_io.TrainerCheckpoint) -> None:
+        import ray
+
+        load_lora_state_dict(self.pipe.transformer, ckpt.lora)
+        if self.ema is not None and ckpt.ema is not None:
+            self.ema.load_state_list([ckpt.ema[f"{i}"] for i in range(len(ckpt.ema))])
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        ckpt_io.restore_rng_state(ckpt.rng)
+        state = ckpt.state
+        self.sampler.load_state_dict(state["sampler"])
+        self.start_epoch = ckpt.epoch
+        self.optimizer_steps = int(state["optimizer_steps"])
+        self.eval_base = state.get("eval_base")
+        self.eval_history = state.get("eval_history", [])
+        if self.rank == 0:
+            ray.get(self.coordinator.load_state_dict.remote(state["coordinator"]))
+        logger.info("worker %d resumed at epoch %d", self.rank, self.start_epoch)
+
+    def checkpoint(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """Rank 0 writes the checkpoint; every rank reports it to Ray Train."""
+        import ray
+        import ray.train
+
+        path = None
+        if self.rank == 0:
+            ema = None
+            if self.ema is not None:
+                ema = {f"{i}": t for i, t in enumerate(self.ema.state_list())}
+            state = {
+                "sampler": self.sampler.state_dict(),
+                "optimizer_steps": self.optimizer_steps,
+                "coordinator": ray.get(self.coordinator.state_dict.remote()),
+                "eval_base": self.eval_base,
+                "eval_history": self.eval_history,
+            }
+            path = ckpt_io.save_checkpoint(
+                self.ckpt_root,
+                ckpt_io.TrainerCheckpoint(
+                    epoch=epoch,
+                    lora=lora_weights(self.pipe.transformer),
+                    ema=ema,
+                    optimizer=self.optimizer.state_dict(),
+                    rng=ckpt_io.rng_state(),
+                    state=state,
+                ),
+                keep=self.cfg.checkpoint.keep,
+            )
+        checkpoint = ray.train.Checkpoint.from_directory(str(path)) if path else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    # --- one epoch ------------------------------------------------------------------------
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Sample, score, exchange with the coordinator and update; returns rank 0's record."""
+        import ray
+
+        cfg, n = self.cfg, self.cfg.training.images_per_prompt
+        start = time.perf_counter()
+        groups = self.sampler.worker_groups(epoch, self.rank, self.world)
+        samples = [(gid, gid * n + j, prompt) for gid, prompt in groups for j in range(n)]
+        data = sample_and_score(
+            self.pipe,
+            self.client,
+            samples,
+            epoch=epoch,
+            seed=cfg.training.seed,
+            sampling=cfg.sampling,
+            rewards=self.rewards,
+            service=cfg.reward_service,
+        )
+        exchanged = time.perf_counter()
+        rewards = [[None if np.isnan(v) else float(v) for v in row] for row in data.rewards]
+        reply = ray.get(
+            self.coordinator.exchange.remote(epoch, self.rank, rewards, data.group_ids.tolist())
+        )
+        balanced = time.perf_counter()
+        device = self.pipe.transformer.device
+        generator = torch.Generator().manual_seed(cfg.training.seed * 1_000_003 + epoch)
+        steps = train_step_indices(
+            cfg.sampling.num_steps,
+            cfg.training.train_timesteps(cfg.sampling.num_steps),
+            generator,
+        )
+        stats = policy_update(
+            self.pipe.transformer,
+            data.rollout.to(device),
+            data.embeds.to(device),
+            torch.tensor(reply["advantages"], dtype=torch.float32, device=device),
+            steps,
+            cfg=cfg.training,
+            micro_batch_size=cfg.training.micro_batch_size or cfg.sampling.micro_batch_size,
+            optimizer=self.optimizer,
+            params=self.params,
+            world_size=self.world,
+            sample_indices=[i for _, i, _ in samples],
+            ema=self.ema,
+            optimizer_step_offset=self.optimizer_steps,
+        )
+        self.optimizer_steps += cfg.training.optimizer_steps_per_epoch
+        done = time.perf_counter()
+        return {
+            "epoch": epoch,
+            **vars(stats),
+            "time_sampling_s": data.time_sampling_s,
+            "time_scoring_s": data.time_scoring_s,
+            "time_coordinator_s": balanced - exchanged,
+            "time_update_s": done - balanced,
+            "time_epoch_s": done - start,
+        }
+
+    def evaluate(self, step: int) -> None:
+        """Rank 0: ODE samples of the eval prompts (EMA weights when kept), scored and logged."""
+        cfg = self.cfg
+        swap = self.ema.swapped_in() if self.ema is not None else _nullcontext()
+        with swap:
+            result = evaluate(
+                self.pipe,
+                self.client,
+                self.eval_prompts,
+                sampling=cfg.sampling,
+                seed=cfg.training.seed,
+                rewards=self.rewards,
+                service=cfg.reward_service,
+            )
+        means = [float(v) for v in result["reward_mean"]]
+        if self.eval_base is None:
+            self.eval_base = {"mean": means, "std": [float(v) for v in result["reward_std"]]}
+        self.eval_history.append(means)
+        summary = eval_summary(self.eval_base["mean"], self.eval_base["std"], self.eval_history)
+        shown = result["images"][: cfg.evaluation.num_images_saved]
+        if len(shown):
+            grid = self.run_dir / "eval" / f"step_{step:06d}.png"
+            save_image_grid(shown, self.eval_prompts[: len(shown)], grid)
+        record = {
+            "reward_mean": result["reward_mean"],
+            "reward_std": result["reward_std"],
+            "unscorable_count": result["unscorable_count"],
+            **{k: v for k, v in summary.items() if k != "objectives_used"},
+        }
+        self.coordinator.record.remote(step, "eval", record)
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point; ``loop_config`` = {"config": TrainConfig dump, "run_dir": path}."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
+    if cfg.scaling.cpu_threads:
+        torch.set_num_threads(cfg.scaling.cpu_threads)
+    loop = WorkerLoop(cfg, Path(loop_config["run_dir"]), rank, world, device)
+    loop.restore()
+    evaluation, checkpoints = cfg.evaluation, cfg.checkpoint
+    if rank == 0 and loop.start_epoch == 0 and evaluation.at_start and evaluation.every_n_epochs:
+        loop.evaluate(step=0)
+    last = cfg.training.epochs - 1
+    for epoch in range(loop.start_epoch, cfg.training.epochs):
+        record = loop.run_epoch(epoch)
+        if rank == 0:
+            ray.get(loop.coordinator.record.remote(epoch, "train", record))
+        completed = epoch + 1
+        every = evaluation.every_n_epochs
+        if rank == 0 and every and (completed % every == 0 or epoch == last):
+            loop.evaluate(step=completed)
+        every_ckpt = checkpoints.every_n_epochs
+        if (every_ckpt and completed % every_ckpt == 0) or epoch == last:
+            loop.checkpoint(completed, {"epoch": epoch, "loss": record["loss"]})
+    loop.client.close()

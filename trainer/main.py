@@ -1,0 +1,154 @@
+"""Entry point behind ``make train``: config -> Ray -> reward services -> coordinator -> train.
+
+``python -m trainer.main [CONFIG.yaml] [key=value ...]`` (default: deploy/configs/local.yaml).
+An invalid config or prompt file fails before any work starts. Each run gets its own folder
+``<logging.run_dir>/<timestamp>`` (resuming with ``checkpoint.resume_from`` reuses
+``logging.run_dir`` as is) holding the resolved config, ``metrics.jsonl``, plots, evaluation
+grids, checkpoints and ``summary.txt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+from trainer.config import ConfigError, TrainConfig, balancer_kwargs, dump_config, load_config
+from trainer.loop.data import PromptFileError, load_prompts
+from trainer.report import RunFolder
+
+DEFAULT_CONFIG = "deploy/configs/local.yaml"
+logger = logging.getLogger("trainer")
+
+
+def prepare(argv: list[str]) -> TrainConfig:
+    """Parse ``[CONFIG] [key=value ...]`` and validate config and prompt files up front."""
+    path = DEFAULT_CONFIG
+    if argv and "=" not in argv[0]:
+        path, argv = argv[0], argv[1:]
+    cfg = load_config(path, argv)
+    for files in (cfg.data.train_prompts, cfg.data.eval_prompts):
+        load_prompts(files, cfg.data.format)
+    return absolute_paths(cfg)
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Resolve relative paths against the launch directory: Ray workers run elsewhere."""
+
+    def resolve(paths: list[str]) -> list[str]:
+        return [str(Path(p).resolve()) for p in paths]
+
+    data = cfg.data.model_copy(
+        update={
+            "train_prompts": resolve(cfg.data.train_prompts),
+            "eval_prompts": resolve(cfg.data.eval_prompts),
+        }
+    )
+    logging_cfg = cfg.logging.model_copy(
+        update={"run_dir": str(Path(cfg.logging.run_dir).resolve())}
+    )
+    checkpoint = cfg.checkpoint
+    if checkpoint.dir:
+        checkpoint = checkpoint.model_copy(update={"dir": str(Path(checkpoint.dir).resolve())})
+    return cfg.model_copy(update={"data": data, "logging": logging_cfg, "checkpoint": checkpoint})
+
+
+def run_folder(cfg: TrainConfig) -> RunFolder:
+    """A new timestamped folder, or the given one when resuming."""
+    root = Path(cfg.logging.run_dir)
+    if cfg.checkpoint.resume_from:
+        return RunFolder(root)
+    return RunFolder(root / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def train(cfg: TrainConfig, run: RunFolder) -> None:
+    """Start Ray, the rewards and the coordinator, then run the Ray Train job."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from trainer.coordinator.actor import start_coordinator
+    from trainer.launch import deploy_rewards, init_ray
+    from trainer.loop.worker import train_loop_per_worker
+    from trainer.progress import ProgressReporter
+
+    names = [r.name for r in cfg.rewards]
+    init_ray(cfg)
+    logger.info("deploying reward services: %s", ", ".join(names))
+    deploy_rewards(cfg)
+    coordinator = start_coordinator(
+        cfg.coordinator.actor_name,
+        cfg.coordinator.max_restarts,
+        balancer=cfg.balancer.name,
+        objectives=names,
+        num_workers=cfg.scaling.num_workers,
+        run_dir=str(run.path),
+        balancer_options=balancer_kwargs(cfg),
+        exchange_timeout_s=cfg.coordinator.exchange_timeout_s,
+        write_metrics=cfg.coordinator.metrics_jsonl,
+        export_metrics=cfg.logging.prometheus,
+    )
+    scaling = cfg.scaling
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "run_dir": str(run.path)},
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=scaling.resources_per_worker or None,
+        ),
+        run_config=RunConfig(
+            name="ray_train",
+            storage_path=str(run.path.resolve()),
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+        ),
+    )
+    progress = ProgressReporter(
+        coordinator, names, cfg.training.epochs, enabled=cfg.logging.progress_bar
+    )
+    try:
+        trainer.fit()
+    finally:
+        progress.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a training job; exit 2 on a bad config or prompt file."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = prepare(list(sys.argv[1:] if argv is None else argv))
+    except (ConfigError, PromptFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run = run_folder(cfg)
+    run.write_config(dump_config(cfg))
+    print(f"run folder: {run.path}", flush=True)
+    started = time.perf_counter()
+    try:
+        train(cfg, run)
+    finally:
+        _shutdown(local=cfg.scaling.ray_address is None)
+    names = [r.name for r in cfg.rewards]
+    plots = run.plot(names)
+    summary = run.write_summary(names)
+    print(summary.read_text())
+    print(f"took {time.perf_counter() - started:.0f} s; plots: {len(plots)} in {run.plots_dir}")
+    print(f"run folder: {run.path}")
+    return 0
+
+
+def _shutdown(local: bool) -> None:
+    """Stop what this run started locally; on a cluster only disconnect (services stay up)."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            if local:
+                serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
