@@ -57,6 +57,7 @@ serve: setup
 
 bench: setup
 	$(PY) bench/synthetic_mo.py
+	$(PY) bench/serving.py --quick
 
 proto: setup
 	$(PY) -m services.proto.generate

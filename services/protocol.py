@@ -5,7 +5,7 @@ Endpoints (see docs/wire-protocol.md):
 - ``POST /v1/rewards/{name}/score``  ``ScoreRequest`` -> ``ScoreResponse``
 - ``POST /v1/score``                 ``ScoreManyRequest`` -> ``ScoreManyResponse``
 - ``GET  /v1/rewards``               ``RewardsListResponse``
-- ``GET  /v1/health``                ``HealthResponse``
+- ``GET  /healthz``                   ``HealthResponse``
 - any error                          ``ErrorResponse`` (status from services/errors.py)
 
 ``PROTO_TWINS`` pairs each model with its message in ``reward.v1``; a unit test checks that
@@ -153,7 +153,7 @@ class RewardHealth(_Response):
 
 
 class HealthResponse(_Response):
-    """Body of ``GET /v1/health``: ready when every reward is."""
+    """Body of ``GET /healthz``: ready when every reward is."""
 
     ready: bool
     rewards: list[RewardHealth]

@@ -183,7 +183,10 @@ def start_ray(args: argparse.Namespace) -> None:
     if args.address:
         if args.num_cpus is not None:
             raise ServeError("--num-cpus applies to a local Ray only, not with --address")
-        ray.init(address=args.address, include_dashboard=False)
+        try:
+            ray.init(address=args.address)
+        except ConnectionError as exc:
+            raise ServeError(f"--address {args.address}: {exc}") from None
     else:
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
 

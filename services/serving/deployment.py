@@ -49,6 +49,7 @@ class RewardDeployment:
         self._max_batch_seen = 0
         # The model runs off the event loop so that new requests keep joining the queue.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-model")
+        self._decoders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="reward-decode")
         self._score_batch.set_max_batch_size(self.config.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
 
@@ -67,12 +68,19 @@ class RewardDeployment:
                 f"reward {self.config.reward!r} needs one prompt per image; the request has none"
             )
         results: list[dict[str, Any]] = [{"score": None, "error": None} for _ in images]
+        # Decoding runs in threads (Pillow releases the GIL), so other requests keep joining
+        # the batch queue meanwhile.
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(
+            *(
+                loop.run_in_executor(self._decoders, self._decode, item, i)
+                for i, item in enumerate(images)
+            )
+        )
         jobs, positions = [], []
-        for i, item in enumerate(images):
-            try:
-                array = decode_image(item, i, self.limits)
-            except RewardServiceError as exc:
-                results[i]["error"] = str(exc)
+        for i, array in enumerate(decoded):
+            if isinstance(array, RewardServiceError):
+                results[i]["error"] = str(array)
                 continue
             prompt = checked_prompts[i] if checked_prompts is not None else None
             jobs.append(self._score_batch((array, prompt)))
@@ -90,6 +98,12 @@ class RewardDeployment:
                 results[i]["score"] = float(outcome)
         self.metrics.observe_request(time.perf_counter() - start)
         return results
+
+    def _decode(self, item: np.ndarray | bytes | str, index: int) -> Any:
+        try:
+            return decode_image(item, index, self.limits)
+        except RewardServiceError as exc:
+            return exc
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _score_batch(self, items: list[tuple[np.ndarray, str | None]]) -> list[Any]:

@@ -51,3 +51,28 @@ def test_makefile_targets_exist_and_depend_on_setup():
 
 def test_ci_runs_make_test():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_rewards_and_trainer_stay_apart():
+    """The trainer reaches rewards through the client only (the launcher may deploy them);
+    the services never import the trainer."""
+    for path in (ROOT / "services").rglob("*.py"):
+        bad = {m for m in _imports(path) if m == "trainer" or m.startswith("trainer.")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+    allowed = {"services.client", "services.config", "services.serving.app"}
+    for path in (ROOT / "trainer").rglob("*.py"):
+        used = {m for m in _imports(path) if m.startswith("services")}
+        assert used <= allowed, f"{path.relative_to(ROOT)} imports {used - allowed}"
+        if used & {"services.config", "services.serving.app"}:
+            assert path.name == "launch.py", f"only trainer/launch.py deploys: {path.name}"

@@ -141,7 +141,7 @@ def policy_update(
                 )
                 (out.loss * len(mb) * weight).backward()
                 for key in sums:
-                    sums[key] += float(getattr(out, key))
+                    sums[key] += float(getattr(out, key).detach())
                 terms += 1
         all_reduce_gradients(params, world_size)
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))

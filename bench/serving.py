@@ -1,0 +1,444 @@
+"""Serving benchmark: what the Serve handle, HTTP and gRPC paths cost over scoring in-process.
+
+What it measures, on one local Ray with one replica per deployment:
+
+1. **Throughput at batch 32** of a *realistic* scorer: the ``clipscore`` reward's tiny variant
+   sized like a CLIP ViT-B/32 vision tower (``REALISTIC_TINY``; ~1.3 s per batch of 32 on a
+   2-core CPU), called in-process, through ``RewardClient.in_cluster()`` (Serve handles),
+   ``over_http`` and ``over_grpc``, plus HTTP and gRPC calls whose PNGs are encoded once up
+   front (what the client's encoding costs). Images are 512x512 (Flow-GRPO's SD3.5 size),
+   smooth with mild noise so that PNG sizes are photo-like. Paths run in interleaved rounds;
+   each reports its fastest call (timeit's convention: on a shared machine other processes
+   only add time) and its median.
+2. **Fixed per-call overhead**: the median latency of a batch-1 call (one 64x64 image) to a
+   *light* scorer (the default tiny ``pickscore``) on each path, with the deployment's 10 ms
+   batch wait (``max_batch_size=32``) and without it (``max_batch_size=1``).
+3. **Dynamic batching gain**: 64 concurrent single-image callers (asyncio tasks awaiting
+   deployment handles) on the light scorer with ``max_batch_size=32`` against the same
+   deployment with ``max_batch_size=1``; the full run repeats it with the realistic scorer.
+
+Threads: torch in this process and in the realistic replica both use ``--threads`` (default:
+the machine's cores); the replica gets it through ``runtime_env.env_vars.OMP_NUM_THREADS``
+(otherwise Ray sets ``OMP_NUM_THREADS`` to the replica's ``num_cpus``, 1 for a fraction).
+
+Run::
+
+    python bench/serving.py              # ~3 min on 2 idle CPU cores
+    python bench/serving.py --quick      # ~1.5 min smoke version
+    python bench/serving.py --out results/bench/serving.json
+
+It starts its own throw-away local Ray (``RAY_AUTH_MODE=disabled`` unless set) on free
+loopback ports and shuts it down at the end. The JSON holds the settings, every path's
+images/s, latencies, ratios to in-process, the batching gains and the targets of the issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable as a script from anywhere
+    sys.path.insert(0, str(_ROOT))
+
+APP = "bench_rewards"
+REALISTIC_TINY = dict(
+    image_size=224, patch_size=32, hidden=768, layers=12, heads=12, text_hidden=48
+)  # ViT-B/32 widths (the tiny CLIP's MLP is 2x wide, not 4x); 48-wide 12-layer text tower
+REALISTIC_PARAMS = {"variant": "tiny", "batch_size": 32, "tiny": REALISTIC_TINY}
+TARGETS = {"handle": 0.95, "http": 0.85, "grpc": 0.90, "batching": 4.0}
+PROMPT = 'a photo of a sign that says "hello"'
+
+
+def free_port() -> int:
+    """A loopback TCP port that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Smooth random images with mild noise (PNG sizes close to generated photos')."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        low = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        smooth = np.asarray(low.resize((size, size), Image.Resampling.BICUBIC), dtype=np.int16)
+        noisy = smooth + rng.normal(0.0, 3.0, smooth.shape).round().astype(np.int16)
+        out.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    return out
+
+
+def deployments(args: argparse.Namespace) -> list[dict]:
+    """The benchmark's reward deployments (light ones first: they come up fastest)."""
+    realistic = {
+        "reward": "clipscore",
+        "params": REALISTIC_PARAMS,
+        "num_cpus": float(args.threads),
+        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(args.threads)}},
+        "max_batch_size": 32,
+    }
+    light = {"reward": "pickscore", "params": {"variant": "tiny"}, "num_cpus": 0.5}
+    deps = [
+        {**light, "name": "light", "max_batch_size": 32},
+        {**light, "name": "light_unbatched", "max_batch_size": 1},
+        {**realistic, "name": "realistic"},
+    ]
+    if not args.quick:
+        deps.append({**realistic, "name": "realistic_unbatched", "max_batch_size": 1})
+    return deps
+
+
+def rounds(calls: dict, n: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each path, ``n`` interleaved rounds after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for i in range(warmup + n):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def checked(client, reward: str, images, prompts):
+    """A blocking ``RewardClient`` call that fails loudly on any unscored image."""
+
+    def call():
+        matrix = client.score(images, prompts, [reward])
+        if matrix.failures or np.isnan(matrix.scores).any():
+            raise RuntimeError(f"{reward}: unscored images ({matrix.failures or matrix.errors})")
+
+    return call
+
+
+async def _hammer(handle, callers: int, per_caller: int, image, timeout_s: float) -> float:
+    """Seconds for ``callers`` concurrent tasks to each await ``per_caller`` 1-image calls."""
+
+    async def caller():
+        for _ in range(per_caller):
+            result = await handle.score.remote([image], [PROMPT])
+            if result[0]["score"] is None:
+                raise RuntimeError(f"unscored: {result[0]['error']}")
+
+    start = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(caller() for _ in range(callers))), timeout_s)
+    return time.perf_counter() - start
+
+
+def batching_gain(batched: str, unbatched: str, image, callers, per_caller, reps) -> dict:
+    """Images/s of concurrent single-image callers with and without dynamic batching."""
+    from ray import serve
+
+    handles = {n: serve.get_deployment_handle(n, app_name=APP) for n in (batched, unbatched)}
+    seconds: dict[str, list[float]] = {batched: [], unbatched: []}
+
+    async def measure():
+        for rep in range(reps + 1):  # the first repetition warms the handles and replicas
+            for name, handle in handles.items():
+                took = await _hammer(handle, callers, per_caller, image, timeout_s=300)
+                if rep:
+                    seconds[name].append(took)
+
+    asyncio.run(measure())
+    n = callers * per_caller
+    rate = {name: n / min(s) for name, s in seconds.items()}  # best repetition, as above
+    return {
+        "callers": callers,
+        "requests_per_repetition": n,
+        "repetitions": reps,
+        "seconds": seconds,
+        "batched_images_per_s": rate[batched],
+        "unbatched_images_per_s": rate[unbatched],
+        "gain": rate[batched] / rate[unbatched],
+    }
+
+
+def payload_costs(images: list[np.ndarray]) -> dict[str, float]:
+    """Milliseconds per batch that only HTTP/gRPC pay: PNG encode, base64, server decode."""
+    from services.images import decode_bytes, encode_png
+
+    marks = [time.perf_counter()]
+    pngs = [encode_png(im) for im in images]
+    marks.append(time.perf_counter())
+    text = [base64.b64encode(p) for p in pngs]
+    marks.append(time.perf_counter())
+    for p in pngs:
+        decode_bytes(p)
+    marks.append(time.perf_counter())
+    ms = (1e3 * np.diff(marks)).tolist()
+    return {
+        "png_encode_ms": ms[0],
+        "base64_ms": ms[1],
+        "png_decode_ms": ms[2],
+        "png_kb_per_image": sum(len(p) for p in pngs) / len(pngs) / 1e3,
+        "http_body_mb": sum(len(t) for t in text) / 1e6,
+    }
+
+
+def ready_payload_calls(http_url: str, grpc_target: str, images, prompts, reward: str):
+    """HTTP and gRPC calls whose PNGs are encoded once, up front (diagnostic rows).
+
+    They separate the client's encoding from the rest of each path (serialization, proxy,
+    ingress, replica decode), i.e. what a client that encodes ahead or elsewhere would see.
+    """
+    import grpc
+    import httpx
+
+    from services.images import encode_png
+    from services.proto import reward_pb2 as pb
+    from services.proto import reward_pb2_grpc
+
+    pngs = [encode_png(im) for im in images]
+    body = {"images": [base64.b64encode(p).decode("ascii") for p in pngs], "prompts": prompts}
+    http = httpx.Client(base_url=http_url, timeout=120.0)
+    limit = [("grpc.max_send_message_length", 2**28), ("grpc.max_receive_message_length", 2**28)]
+    channel = grpc.insecure_channel(grpc_target, options=limit)
+    stub = reward_pb2_grpc.RewardServiceStub(channel)
+    request = pb.ScoreRequest(reward=reward, images=pngs, prompts=prompts)
+
+    def via_http():
+        reply = http.post(f"/v1/rewards/{reward}/score", json=body)
+        reply.raise_for_status()
+        if any(item["score"] is None for item in reply.json()["results"]):
+            raise RuntimeError(f"unscored images over HTTP: {reply.text[:300]}")
+
+    def via_grpc():
+        reply = stub.Score(request, timeout=120.0, metadata=[("application", APP)])
+        if any(not item.HasField("score") for item in reply.results):
+            raise RuntimeError(f"unscored images over gRPC: {reply}")
+
+    def close():
+        http.close()
+        channel.close()
+
+    return {"http, PNGs ready": via_http, "grpc, PNGs ready": via_grpc}, close
+
+
+def throughput(args, clients: dict, http_url: str, grpc_target: str) -> dict:
+    """Images/s of the realistic scorer at batch 32 on every path, interleaved rounds."""
+    from services.rewards.base import build_reward
+
+    model = build_reward("clipscore", REALISTIC_PARAMS)
+    model.load()
+    batch = make_images(32, args.image_size)
+    prompts = [PROMPT] * 32
+    calls = {"in-process": lambda: model.score(batch, prompts)}
+    calls |= {path: checked(c, "realistic", batch, prompts) for path, c in clients.items()}
+    ready, close = ready_payload_calls(http_url, grpc_target, batch, prompts, "realistic")
+    calls |= ready
+    iters = 2 if args.quick else args.rounds
+    print(f"throughput at batch 32: {iters} rounds of {len(calls)} paths ...", flush=True)
+    try:
+        times = rounds(calls, iters)
+    finally:
+        close()
+    # Best of n (timeit's convention): on a shared machine other processes only ever
+    # add time, so each path's fastest call is the best estimate of its own cost.
+    base, base_median = min(times["in-process"]), statistics.median(times["in-process"])
+    table = {
+        path: {
+            "images_per_s": 32 / min(t),
+            "mean_images_per_s": 32 * len(t) / sum(t),
+            "best_call_s": min(t),
+            "median_call_s": statistics.median(t),
+            "ratio": base / min(t),
+            "median_ratio": base_median / statistics.median(t),
+            "target": TARGETS.get(path),
+            "calls_s": t,
+        }
+        for path, t in times.items()
+    }
+    return {"throughput": table, "payload_costs_batch32": payload_costs(batch)}
+
+
+def overhead(args, clients: dict) -> dict:
+    """Batch-1 latency of each path on the light scorer, with and without the batch wait."""
+    from services.rewards.base import build_reward
+
+    light = build_reward("pickscore", {"variant": "tiny"})
+    light.load()
+    small = make_images(1, 64, seed=1)
+    calls = {"in-process": lambda: light.score(small, [PROMPT])}
+    for dep in ("light", "light_unbatched"):
+        calls |= {(p, dep): checked(c, dep, small, [PROMPT]) for p, c in clients.items()}
+    n = 10 if args.quick else 40
+    print(f"per-call overhead: {n} batch-1 calls per path ...", flush=True)
+    times = rounds(calls, n, warmup=3)
+    inproc = statistics.median(times.pop("in-process"))
+    table = {"in-process": {"p50_ms": 1e3 * inproc, "overhead_ms": 0.0}}
+    for (path, dep), t in times.items():
+        row = table.setdefault(path, {})
+        key = "wait" if dep == "light" else "no_wait"
+        row[f"p50_{key}_ms"] = 1e3 * statistics.median(t)
+        row[f"p90_{key}_ms"] = 1e3 * float(np.percentile(t, 90))
+        if dep == "light_unbatched":
+            row["overhead_ms"] = 1e3 * (statistics.median(t) - inproc)
+    b32 = rounds({"b32": lambda: light.score(small * 32, [PROMPT] * 32)}, 10)["b32"]
+    model = {"batch_1": 1e3 * inproc, "batch_32": 1e3 * statistics.median(b32)}
+    return {"overhead_ms": table, "light_model_ms": model}
+
+
+def measure(args: argparse.Namespace, http_url: str, grpc_target: str) -> dict:
+    """Every measurement, once the app is up."""
+    from services.client import RewardClient
+
+    clients = {
+        "handle": RewardClient.in_cluster(APP, timeout_s=120),
+        "http": RewardClient.over_http(http_url, timeout_s=120),
+        "grpc": RewardClient.over_grpc(grpc_target, app_name=APP, timeout_s=120),
+    }
+    try:
+        out = throughput(args, clients, http_url, grpc_target)
+        out |= overhead(args, clients)
+    finally:
+        for client in clients.values():
+            client.close()
+    per_caller, reps = (2, 1) if args.quick else (6, 3)
+    print("dynamic batching: 64 concurrent single-image callers ...", flush=True)
+    small = make_images(1, 64, seed=1)[0]
+    light = batching_gain("light", "light_unbatched", small, 64, per_caller, reps)
+    out["batching"] = {"light": {**light, "target": TARGETS["batching"]}}
+    if not args.quick:
+        image = make_images(1, args.image_size, seed=2)[0]
+        out["batching"]["realistic"] = batching_gain(
+            "realistic", "realistic_unbatched", image, 64, 1, 2
+        )
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Start Ray and the app, measure, always shut down; returns the JSON document."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    import torch
+    from ray import serve
+
+    from services.config import load_services_config
+    from services.serving.app import deploy
+
+    torch.set_num_threads(args.threads)
+    http_port, grpc_port = free_port(), free_port()
+    config = load_services_config(
+        {
+            "app_name": APP,
+            "deployments": deployments(args),
+            "ingress": {"http_port": http_port, "grpc_port": grpc_port, "num_cpus": 0.25},
+        }
+    )
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        _temp_dir=args.ray_temp_dir,
+        log_to_driver=False,
+    )
+    try:
+        deploy(config)
+        up_s = time.perf_counter() - started
+        print(f"app up in {up_s:.1f} s", flush=True)
+        results = measure(args, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    settings = {
+        "quick": args.quick,
+        "rounds": 2 if args.quick else args.rounds,
+        "image_size": args.image_size,
+        "realistic_scorer": {"reward": "clipscore", **REALISTIC_PARAMS},
+        "light_scorer": {"reward": "pickscore", "variant": "tiny", "image_size": 64},
+        "torch_threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "versions": f"{platform.machine()}, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, ray {ray.__version__}",
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "deploy_s": up_s,
+        "total_s": time.perf_counter() - started,
+    }
+    return {"settings": settings, **results}
+
+
+def format_report(doc: dict) -> str:
+    """The summary table printed at the end."""
+    lines = [f"{'path':<18}{'img/s':>9}{'best s':>9}{'median s':>9}{'ratio':>8}{'target':>8}  ok"]
+    for path, row in doc["throughput"].items():
+        target = row["target"]
+        ok = "-" if target is None else ("PASS" if row["ratio"] >= target else "FAIL")
+        tgt = "-" if target is None else f">={target:.2f}"
+        lines.append(
+            f"{path:<18}{row['images_per_s']:>9.1f}{row['best_call_s']:>9.3f}"
+            f"{row['median_call_s']:>9.3f}"
+            f"{row['ratio']:>8.2f}{tgt:>8}  {ok}"
+        )
+    cost = doc["payload_costs_batch32"]
+    lines.append(
+        f"  HTTP/gRPC payload per batch of 32: PNG encode {cost['png_encode_ms']:.0f} ms "
+        f"(client), decode {cost['png_decode_ms']:.0f} ms (replica), "
+        f"{cost['png_kb_per_image']:.0f} kB/image"
+    )
+    lines += [
+        "",
+        f"{'batch-1 call':<14}{'p50 ms':>9}{'no wait':>9}{'overhead':>10}"
+        "   (p50 with the 10 ms batch wait; without: max_batch_size=1)",
+    ]
+    for path, row in doc["overhead_ms"].items():
+        wait = row.get("p50_wait_ms", row.get("p50_ms"))
+        no_wait = row.get("p50_no_wait_ms", row.get("p50_ms"))
+        lines.append(f"{path:<14}{wait:>9.1f}{no_wait:>9.1f}{row['overhead_ms']:>10.1f}")
+    lines += ["", f"{'batching (64 callers)':<24}{'batched':>9}{'bs=1':>9}{'gain':>7}  ok"]
+    for name, row in doc["batching"].items():
+        target = row.get("target")
+        ok = "-" if target is None else ("PASS" if row["gain"] >= target else "FAIL")
+        lines.append(
+            f"{name + ' img/s':<24}{row['batched_images_per_s']:>9.1f}"
+            f"{row['unbatched_images_per_s']:>9.1f}{row['gain']:>7.2f}  {ok}"
+        )
+    s = doc["settings"]
+    lines.append(
+        f"\n{s['cpu_count']} CPUs, torch threads {s['torch_threads']}, load "
+        f"{s['loadavg_before'][0]:.2f} -> {s['loadavg_after'][0]:.2f}, total {s['total_s']:.0f} s"
+    )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (~1.5 min)")
+    parser.add_argument("--out", type=Path, default=Path("results/bench/serving.json"))
+    parser.add_argument("--rounds", type=int, default=8, help="batch-32 rounds per path")
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ray-temp-dir", default="/tmp/ray_bench")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print the table, write the JSON."""
+    args = parse_args(argv)
+    doc = run(args)
+    print(format_report(doc))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
