@@ -38,6 +38,7 @@ class ScoreMatrix:
     errors: dict[str, list[str | None]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)  # reward -> why it failed wholesale
     attempts: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0  # from submit until every reward answered
 
     def unscored(self) -> dict[str, int]:
         """Number of images without a score, per reward."""
@@ -107,8 +108,9 @@ class RewardClient:
             raise ValueError("name at least one reward")
         images = list(images)
         prompts = list(prompts) if prompts is not None else None
+        started = time.perf_counter()
         calls = {r: self._pool.submit(self._call_with_retry, r, images, prompts) for r in rewards}
-        return self._pool.submit(self._collect, list(rewards), len(images), calls)
+        return self._pool.submit(self._collect, list(rewards), len(images), calls, started)
 
     def score(
         self,
@@ -138,7 +140,9 @@ class RewardClient:
                 )
                 time.sleep(delay)
 
-    def _collect(self, rewards: list[str], n_images: int, calls: dict[str, Future]) -> ScoreMatrix:
+    def _collect(
+        self, rewards: list[str], n_images: int, calls: dict[str, Future], started: float
+    ) -> ScoreMatrix:
         scores = np.full((len(rewards), n_images), np.nan)
         matrix = ScoreMatrix(rewards=rewards, scores=scores)
         for k, reward in enumerate(rewards):
@@ -153,6 +157,7 @@ class RewardClient:
             for i, item in enumerate(results):
                 if item.score is not None:
                     scores[k, i] = item.score
+        matrix.elapsed_s = time.perf_counter() - started
         if matrix.failures and self.strict:
             detail = "; ".join(f"{r}: {why}" for r, why in matrix.failures.items())
             raise RewardsUnavailable(f"rewards failed after retries: {detail}")

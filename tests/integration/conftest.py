@@ -56,13 +56,16 @@ def ray_cluster():
     from ray import serve
 
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: unix socket paths are limited
+    port = free_port()
     ray.init(
         num_cpus=8,
         include_dashboard=False,
         _temp_dir=temp_dir,
         log_to_driver=False,
-        _metrics_export_port=free_port(),
+        _metrics_export_port=port,
+        _system_config={"metrics_report_interval_ms": 1000},
     )
+    os.environ["APEX_TEST_METRICS_PORT"] = str(port)
     yield ray
     serve.shutdown()
     ray.shutdown()

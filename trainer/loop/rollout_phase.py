@@ -36,6 +36,7 @@ class EpochSamples:
     rewards: np.ndarray  # [K, b], NaN = unscored
     time_sampling_s: float
     time_scoring_s: float  # waiting for rewards after the last micro-batch was sampled
+    time_scoring_total_s: float  # sum of the scoring calls' durations (as if not overlapped)
 
 
 def sample_generators(seed: int, epoch: int, indices: Sequence[int]) -> list[torch.Generator]:
@@ -122,6 +123,7 @@ def sample_and_score(
         rewards=np.concatenate([m.scores for m in matrices], axis=1),
         time_sampling_s=sampled - start,
         time_scoring_s=scored - sampled,
+        time_scoring_total_s=sum(m.elapsed_s for m in matrices),
     )
 
 

@@ -191,6 +191,7 @@ class WorkerLoop:
             **vars(stats),
             "time_sampling_s": data.time_sampling_s,
             "time_scoring_s": data.time_scoring_s,
+            "time_scoring_total_s": data.time_scoring_total_s,
             "time_coordinator_s": balanced - exchanged,
             "time_update_s": done - balanced,
             "time_epoch_s": done - start,
