@@ -18,6 +18,7 @@ cluster.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -58,6 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--num-cpus",
         type=float,
         help="logical CPUs of the local Ray (default: the machine's cores); local only",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8080,
+        help="Ray's Prometheus metrics export port of the local Ray (default 8080)",
     )
     return parser.parse_args(argv)
 
@@ -188,7 +195,14 @@ def start_ray(args: argparse.Namespace) -> None:
         except ConnectionError as exc:
             raise ServeError(f"--address {args.address}: {exc}") from None
     else:
-        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throw-away loopback cluster
+        ray.init(
+            address="local",
+            num_cpus=args.num_cpus,
+            include_dashboard=False,
+            _metrics_export_port=args.metrics_port,  # scraped by make monitor
+            _system_config={"metrics_report_interval_ms": 1000},
+        )
 
 
 def run(args: argparse.Namespace) -> int:

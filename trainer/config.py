@@ -297,6 +297,9 @@ class LoggingConfig(Section):
     run_dir: str = Field("runs/apex", min_length=1, description="config, metrics, images")
     progress_bar: bool = Field(True, description="tqdm progress bars on the driver")
     prometheus: bool = Field(True, description="export trainer metrics through Ray")
+    metrics_port: int | None = Field(
+        8080, ge=1, le=65535, description="Ray's metrics export port of a local cluster"
+    )
     log_every: int = Field(1, ge=1, description="optimizer steps between log lines")
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 

@@ -35,7 +35,7 @@ def services_config_dict(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def init_ray(cfg: TrainConfig, metrics_export_port: int | None = None) -> None:
+def init_ray(cfg: TrainConfig) -> None:
     """Connect to ``scaling.ray_address`` or start a local Ray with ``scaling.num_cpus``."""
     import ray
 
@@ -54,8 +54,8 @@ def init_ray(cfg: TrainConfig, metrics_export_port: int | None = None) -> None:
         "runtime_env": env,
         "_system_config": {"metrics_report_interval_ms": 1000},
     }
-    if metrics_export_port:
-        kwargs["_metrics_export_port"] = metrics_export_port
+    if cfg.logging.metrics_port:  # Prometheus scrapes it (deploy/prometheus/prometheus-local.yml)
+        kwargs["_metrics_export_port"] = cfg.logging.metrics_port
     ray.init(**kwargs)
 
 

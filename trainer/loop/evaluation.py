@@ -12,8 +12,7 @@ import numpy as np
 
 from services.client import RewardClient
 from trainer.config import RewardServiceConfig, SamplingConfig
-from trainer.loop.rollout_phase import sample_generators, wait_for_scores
-from trainer.model.rollout import encode_prompts, sample
+from trainer.loop.rollout_phase import sample_generators, sample_prompts, wait_for_scores
 
 EVAL_EPOCH_TAG = 2**31 - 1  # keeps evaluation noise apart from every training epoch's
 
@@ -36,20 +35,14 @@ def evaluate(
     images, scores = [], []
     for offset in range(0, len(prompts), sampling.micro_batch_size):
         chunk = prompts[offset : offset + sampling.micro_batch_size]
-        embeds = encode_prompts(
+        _, rollout = sample_prompts(
             pipe,
             chunk,
-            max_sequence_length=sampling.max_sequence_length,
-            guidance_scale=sampling.eval_guidance_scale,
-        )
-        rollout = sample(
-            pipe,
-            embeds,
+            sampling,
             num_steps=sampling.eval_num_steps,
             guidance_scale=sampling.eval_guidance_scale,
             noise_level=sampling.eval_noise_level,
-            resolution=sampling.resolution,
-            generator=sample_generators(seed, EVAL_EPOCH_TAG, range(offset, offset + len(chunk))),
+            generators=sample_generators(seed, EVAL_EPOCH_TAG, range(offset, offset + len(chunk))),
         )
         future = client.submit(rollout.images, chunk, rewards)
         matrix = wait_for_scores(client, future, rollout.images, chunk, rewards, service)

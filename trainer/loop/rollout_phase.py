@@ -48,6 +48,35 @@ def sample_generators(seed: int, epoch: int, indices: Sequence[int]) -> list[tor
     return gens
 
 
+def sample_prompts(
+    pipe,
+    prompts: list[str],
+    sampling: SamplingConfig,
+    *,
+    num_steps: int,
+    guidance_scale: float,
+    noise_level: float,
+    generators: list[torch.Generator],
+) -> tuple[PromptEmbeds, Rollout]:
+    """Encode one micro-batch of prompts and sample one image for each."""
+    embeds = encode_prompts(
+        pipe,
+        prompts,
+        max_sequence_length=sampling.max_sequence_length,
+        guidance_scale=guidance_scale,
+    )
+    rollout = sample(
+        pipe,
+        embeds,
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        noise_level=noise_level,
+        resolution=sampling.resolution,
+        generator=generators,
+    )
+    return embeds, rollout
+
+
 class RewardFailure(RuntimeError):
     """A reward stayed down after every retry and the config says to fail the step."""
 
@@ -94,20 +123,14 @@ def sample_and_score(
     for offset in range(0, len(samples), sampling.micro_batch_size):
         chunk = samples[offset : offset + sampling.micro_batch_size]
         prompts = [p for _, _, p in chunk]
-        embeds = encode_prompts(
+        embeds, rollout = sample_prompts(
             pipe,
             prompts,
-            max_sequence_length=sampling.max_sequence_length,
-            guidance_scale=sampling.guidance_scale,
-        )
-        rollout = sample(
-            pipe,
-            embeds,
+            sampling,
             num_steps=sampling.num_steps,
             guidance_scale=sampling.guidance_scale,
             noise_level=sampling.noise_level,
-            resolution=sampling.resolution,
-            generator=sample_generators(seed, epoch, [i for _, i, _ in chunk]),
+            generators=sample_generators(seed, epoch, [i for _, i, _ in chunk]),
         )
         pending.append((client.submit(rollout.images, prompts, rewards), rollout.images, prompts))
         parts.append(rollout.to("cpu"))
