@@ -114,9 +114,18 @@ def train(cfg: TrainConfig, run: RunFolder) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a training job; exit 2 on a bad config or prompt file."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(
+            "usage: python -m trainer.main [CONFIG.yaml] [key=value ...]\n"
+            f"  CONFIG defaults to {DEFAULT_CONFIG}; overrides are dotted config keys, e.g.\n"
+            "  training.epochs=2 balancer.name=static scaling.ray_address=auto\n"
+            "  (python -m trainer.config CONFIG prints a config resolved)"
+        )
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = prepare(list(sys.argv[1:] if argv is None else argv))
+        cfg = prepare(args)
     except (ConfigError, PromptFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
