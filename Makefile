@@ -13,7 +13,7 @@ SERVE_CONFIG ?= deploy/serve/local.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-unit test-integration lint format train serve bench proto clean
+.PHONY: help setup test test-unit test-integration lint format train serve monitor bench proto clean docker
 
 help:
 	@echo "make setup   create $(VENV) and install the project (no-op when nothing changed)"
@@ -21,8 +21,10 @@ help:
 	@echo "make lint    run ruff"
 	@echo "make train   run the main training job (CONFIG=$(CONFIG), ARGS=key=value ...)"
 	@echo "make serve   start the reward services locally"
+	@echo "make monitor Prometheus (+ Grafana if installed) on a local train/serve's metrics"
 	@echo "make bench   run the benchmarks under bench/"
 	@echo "make proto   regenerate services/proto from protos/reward/v1/reward.proto"
+	@echo "make docker  build the images $(DOCKER_IMAGE):<version> (trainer) and :<version>-rewards"
 
 setup: $(STAMP)
 
@@ -55,12 +57,25 @@ train: setup
 serve: setup
 	$(PY) -m services.serve $(SERVE_CONFIG)
 
+monitor: setup
+	$(PY) deploy/monitor.py
+
 bench: setup
 	$(PY) bench/synthetic_mo.py
 	$(PY) bench/serving.py --quick
 
 proto: setup
 	$(PY) -m services.proto.generate
+
+# The images need no venv: no `setup` dependency. The tag is pyproject.toml's version.
+DOCKER_IMAGE ?= apex-align
+DOCKER_VERSION = $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+
+docker:
+	@command -v docker >/dev/null 2>&1 || { echo "make docker: the docker CLI is not installed" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make docker: no Docker engine is reachable ('docker info' failed); start one or set DOCKER_HOST" >&2; exit 1; }
+	docker build -f docker/Dockerfile --build-arg TORCH_VERSION=$(TORCH_VERSION) --target trainer -t $(DOCKER_IMAGE):$(DOCKER_VERSION) .
+	docker build -f docker/Dockerfile --build-arg TORCH_VERSION=$(TORCH_VERSION) --target rewards -t $(DOCKER_IMAGE):$(DOCKER_VERSION)-rewards .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis results

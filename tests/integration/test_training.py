@@ -14,45 +14,10 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from trainer.config import load_config
+from tests.integration.training_runs import REWARDS, fit
 from trainer.loop.checkpoint import latest_checkpoint
-from trainer.main import absolute_paths, train
-from trainer.report import RunFolder, read_metrics, records_of_kind
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-REWARDS = ["jpeg_compressibility", "aesthetic", "pickscore"]
-
-
-def _config(run_dir: Path, *overrides: str):
-    base = [
-        f"logging.run_dir={run_dir}",
-        "logging.progress_bar=false",
-        "reward_service.deploy=false",  # the session's app already serves these rewards
-        "rewards=" + str([{"name": n, "params": {"variant": "tiny"}} for n in REWARDS]),
-        "balancer.options.warmup_steps=1",
-        "training.groups_per_epoch=4",
-        "training.images_per_prompt=4",
-        "training.optimizer_steps_per_epoch=2",
-        "training.lr=0.05",  # large enough that the tiny LoRA visibly moves
-        "training.clip_range=0.2",
-        "sampling.micro_batch_size=4",
-        "evaluation.every_n_epochs=0",
-        "checkpoint.every_n_epochs=1",
-        "checkpoint.keep=5",
-        "scaling.num_workers=1",
-        "scaling.cpu_threads=1",
-    ]
-    cfg = load_config(ROOT / "deploy" / "configs" / "local.yaml", [*base, *overrides])
-    return absolute_paths(cfg)
-
-
-def _fit(run_dir: Path, *overrides: str) -> list[dict]:
-    cfg = _config(run_dir, *overrides)
-    run = RunFolder(run_dir)
-    train(cfg, run)
-    return records_of_kind(read_metrics(run.path), "train")
 
 
 def _final_lora(run_dir: Path) -> dict:
@@ -68,7 +33,7 @@ def _max_diff(a: dict, b: dict) -> float:
 def uninterrupted(reward_app, tmp_path_factory):
     """Three epochs in one go: the reference run."""
     run_dir = tmp_path_factory.mktemp("full")
-    records = _fit(run_dir, "training.epochs=3")
+    records = fit(run_dir, "training.epochs=3")
     return run_dir, records
 
 
@@ -92,8 +57,8 @@ def test_a_run_trains_balances_and_logs(uninterrupted):
 
 def test_resume_continues_as_if_never_stopped(uninterrupted, tmp_path):
     ref_dir, ref_records = uninterrupted
-    _fit(tmp_path, "training.epochs=2")
-    resumed = _fit(tmp_path, "training.epochs=3", "checkpoint.resume_from=latest")
+    fit(tmp_path, "training.epochs=2")
+    resumed = fit(tmp_path, "training.epochs=3", "checkpoint.resume_from=latest")
     last = {r["step"]: r for r in resumed}[2]
     assert last["loss"] == pytest.approx(ref_records[2]["loss"], rel=1e-5, abs=1e-9)
     assert last["weights"] == pytest.approx(ref_records[2]["weights"], rel=1e-9)
@@ -101,8 +66,8 @@ def test_resume_continues_as_if_never_stopped(uninterrupted, tmp_path):
 
 
 def test_two_workers_equal_one_worker_with_twice_the_batch(reward_app, tmp_path):
-    _fit(tmp_path / "one", "training.epochs=1", "scaling.num_workers=1")
-    _fit(tmp_path / "two", "training.epochs=1", "scaling.num_workers=2")
+    fit(tmp_path / "one", "training.epochs=1", "scaling.num_workers=1")
+    fit(tmp_path / "two", "training.epochs=1", "scaling.num_workers=2")
     one, two = _final_lora(tmp_path / "one"), _final_lora(tmp_path / "two")
     assert _max_diff(one, two) < 1e-5
 
@@ -126,7 +91,7 @@ def test_a_killed_reward_replica_does_not_stop_the_run(reward_app, tmp_path):
 
     killer = threading.Thread(target=kill_when_training_starts, daemon=True)
     killer.start()
-    records = _fit(tmp_path, "training.epochs=3", "reward_service.max_retries=10")
+    records = fit(tmp_path, "training.epochs=3", "reward_service.max_retries=10")
     killer.join(timeout=5)
     assert killed, "no aesthetic replica was killed during the run"
     assert [r["step"] for r in records] == [0, 1, 2]

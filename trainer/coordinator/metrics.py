@@ -33,6 +33,7 @@ SCALARS = {
     "clip_fraction": "Share of PPO ratios outside the clip range.",
     "time_sampling_s": "Seconds sampling the epoch's images (rank 0).",
     "time_scoring_s": "Seconds waiting for rewards after sampling (rank 0).",
+    "time_scoring_total_s": "Summed durations of the epoch's scoring calls (rank 0).",
     "time_coordinator_s": "Seconds in the coordinator exchange (rank 0).",
     "time_update_s": "Seconds in the policy update (rank 0).",
     "epoch": "Training epoch.",

@@ -1,0 +1,48 @@
+"""Short in-process training runs on the session's Ray, shared by the integration tests.
+
+Tiny SD3, the session's reward app (``reward_app`` fixture) and small numbers, so one epoch
+costs a few seconds after Ray Train's start-up (~25 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainer.config import load_config
+from trainer.main import absolute_paths, train
+from trainer.report import RunFolder, read_metrics, records_of_kind
+
+ROOT = Path(__file__).resolve().parents[2]
+REWARDS = ["jpeg_compressibility", "aesthetic", "pickscore"]
+
+
+def training_config(run_dir: Path, *overrides: str):
+    """The local config made tiny and pointed at the session's reward app, plus overrides."""
+    base = [
+        f"logging.run_dir={run_dir}",
+        "logging.progress_bar=false",
+        "reward_service.deploy=false",  # the session's app already serves these rewards
+        "rewards=" + str([{"name": n, "params": {"variant": "tiny"}} for n in REWARDS]),
+        "balancer.options.warmup_steps=1",
+        "training.groups_per_epoch=4",
+        "training.images_per_prompt=4",
+        "training.optimizer_steps_per_epoch=2",
+        "training.lr=0.05",  # large enough that the tiny LoRA visibly moves
+        "training.clip_range=0.2",
+        "sampling.micro_batch_size=4",
+        "evaluation.every_n_epochs=0",
+        "checkpoint.every_n_epochs=1",
+        "checkpoint.keep=5",
+        "scaling.num_workers=1",
+        "scaling.cpu_threads=1",
+    ]
+    cfg = load_config(ROOT / "deploy" / "configs" / "local.yaml", [*base, *overrides])
+    return absolute_paths(cfg)
+
+
+def fit(run_dir: Path, *overrides: str) -> list[dict]:
+    """Train in this process on the connected Ray; return the run's ``train`` records."""
+    cfg = training_config(run_dir, *overrides)
+    run = RunFolder(run_dir)
+    train(cfg, run)
+    return records_of_kind(read_metrics(run.path), "train")
