@@ -39,7 +39,7 @@ __all__ = ["build_tiny_pipeline", "make_clip_tokenizer", "make_t5_tokenizer"]
 CLIP_MAX_LENGTH = 77  # SD3 pads every CLIP prompt to 77 tokens
 # SD3's VAE latent normalisation; kept for the tiny VAE so decoding follows the same formula
 SD3_VAE_SHIFT_FACTOR = 0.0609
-SD3_VAE_SCALING_FACTOR = 1.5035
+SD3_VAE_SCALING_FACTOR = 1.5305
 # latent patches per side the positional table covers: 64 x (VAE downsampling x patch) pixels
 TINY_POS_EMBED_MAX_SIZE = 64
 _T5_WORDS = ("a", "an", "the", "of", "on", "in", "with", "photo", "cat", "dog", "sign", "text")

@@ -1,0 +1,88 @@
+"""``bench/gpu_check.py --tiny`` runs every section on the shared Ray cluster and stays honest.
+
+The GPU check is only run for real on a GPU machine; this keeps its code from rotting: the
+same sections, the trainer's functions, the reward classes and a Serve app of its own, at
+tiny size on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _numbers(node, path=""):
+    """Every numeric leaf of a JSON document, with its path."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _numbers(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _numbers(value, f"{path}[{i}]")
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield path, node
+
+
+def test_tiny_gpu_check_measures_every_section(ray_cluster, tmp_path, capsys):
+    from ray import serve
+
+    from bench.gpu_check import SECTIONS, main
+    from bench.gpucheck.rewards import APP_NAME, REWARDS
+
+    out = tmp_path / "gpu_check.json"
+    assert main(["--tiny", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["total_s"] < doc["settings"]["budget_s"] + 30  # the budget holds
+
+    sections = doc["sections"]
+    assert set(sections) == set(SECTIONS)
+    for name, section in sections.items():
+        if section["status"] == "skipped":
+            assert section["reason"], name
+            continue
+        assert section["status"] == "ok", (name, section)
+        numbers = list(_numbers(section))
+        assert numbers, name
+        bad = [(p, v) for p, v in numbers if not math.isfinite(v)]
+        assert not bad, (name, bad)
+
+    # the figures the estimate and the table are built from
+    assert sections["peak_matmul"]["tflops"] > 0
+    groups = sections["rollout"]["groups"]
+    assert [int(n) for n in groups] == doc["settings"]["group_sizes"]
+    assert all(g["images_per_s"] > 0 and g["achieved_tflops"] > 0 for g in groups.values())
+    tr = sections["transformer"]
+    assert 0 < tr["flops_forward"] < tr["flops_forward_backward"]
+    train = sections["train"]
+    assert train["timesteps"] == doc["settings"]["train_timesteps"] == 3
+    assert train["seconds_per_micro_batch"] > 0 and math.isfinite(train["loss"])
+    for reward in REWARDS:
+        for path in ("in_process", "serve"):
+            batches = sections["rewards"]["rewards"][reward][path]["batches"]
+            assert list(batches) == ["16", "32", "64"], (reward, path)
+            assert all(b["images_per_s"] > 0 and b["unscored"] == 0 for b in batches.values())
+
+    est = doc["estimate"]
+    assert est["status"] == "ok" and "tiny" in est["label"]
+    assert est["images_per_gpu"] == 48 * 24 / 8
+    parts = est["sampling_s"] + sum(est["scoring_s"].values()) + est["training_s"]
+    assert est["epoch_s"] == pytest.approx(parts)
+    assert est["optimizer_step_s"] == pytest.approx(
+        144 / 2 / train["micro_batch"] * train["seconds_per_micro_batch"]
+    )
+
+    # the table is printed last, and names every section
+    lines = capsys.readouterr().out.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("section"))
+    table = lines[header:]
+    assert table[-1].startswith("estimate")
+    for label in ("peak", "rollout", "tflops", "train", "rewards", "estimate"):
+        assert any(line.startswith(label) for line in table), label
+
+    # the shared cluster survives; only the check's own app is gone
+    assert ray_cluster.is_initialized()
+    assert APP_NAME not in serve.status().applications
