@@ -27,7 +27,8 @@ def _numbers(node, path=""):
         yield path, node
 
 
-def test_tiny_gpu_check_measures_every_section(ray_cluster, tmp_path, capsys):
+def test_tiny_gpu_check_measures_every_section(ray_cluster, reward_app, tmp_path, capsys):
+    # reward_app first: it starts Serve's proxies on the ports the other tests use
     from ray import serve
 
     from bench.gpu_check import SECTIONS, main

@@ -69,7 +69,7 @@ def test_two_workers_equal_one_worker_with_twice_the_batch(reward_app, tmp_path)
     fit(tmp_path / "one", "training.epochs=1", "scaling.num_workers=1")
     fit(tmp_path / "two", "training.epochs=1", "scaling.num_workers=2")
     one, two = _final_lora(tmp_path / "one"), _final_lora(tmp_path / "two")
-    assert _max_diff(one, two) < 1e-5
+    assert _max_diff(one, two) < 1e-4  # float summation order differs; Adam rescales it
 
 
 def test_a_killed_reward_replica_does_not_stop_the_run(reward_app, tmp_path):
