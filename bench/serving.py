@@ -40,7 +40,6 @@ import base64
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import time
@@ -52,6 +51,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # runnable as a script from anywhere
     sys.path.insert(0, str(_ROOT))
 
+from bench.common import free_port, make_images  # noqa: E402
+
 APP = "bench_rewards"
 REALISTIC_TINY = dict(
     image_size=224, patch_size=32, hidden=768, layers=12, heads=12, text_hidden=48
@@ -59,27 +60,6 @@ REALISTIC_TINY = dict(
 REALISTIC_PARAMS = {"variant": "tiny", "batch_size": 32, "tiny": REALISTIC_TINY}
 TARGETS = {"handle": 0.95, "http": 0.85, "grpc": 0.90, "batching": 4.0}
 PROMPT = 'a photo of a sign that says "hello"'
-
-
-def free_port() -> int:
-    """A loopback TCP port that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def make_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
-    """Smooth random images with mild noise (PNG sizes close to generated photos')."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        low = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
-        smooth = np.asarray(low.resize((size, size), Image.Resampling.BICUBIC), dtype=np.int16)
-        noisy = smooth + rng.normal(0.0, 3.0, smooth.shape).round().astype(np.int16)
-        out.append(np.clip(noisy, 0, 255).astype(np.uint8))
-    return out
 
 
 def deployments(args: argparse.Namespace) -> list[dict]:

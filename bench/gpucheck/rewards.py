@@ -27,7 +27,6 @@ import gc
 import json
 import logging
 import os
-import socket
 import statistics
 import tempfile
 import threading
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from bench import architectures as arch
+from bench.common import free_port, make_images
 from bench.gpucheck.settings import PROMPT, Settings
 
 logger = logging.getLogger(__name__)
@@ -54,20 +54,6 @@ REPLICA_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 VISUAL_TOKENS = 64  # mPLUG-Owl2's visual abstractor output length
-
-
-def make_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
-    """Smooth random RGB images with mild noise (photo-like, unlike white noise)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        low = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
-        smooth = np.asarray(low.resize((size, size), Image.Resampling.BICUBIC), dtype=np.int16)
-        noisy = smooth + rng.normal(0.0, 3.0, smooth.shape).round().astype(np.int16)
-        out.append(noisy.clip(0, 255).astype(np.uint8))
-    return out
 
 
 # ---------------------------------------------------------------------------- reward params
@@ -261,12 +247,6 @@ def measure_in_process(name: str, params: dict, settings: Settings, images, dead
     return record
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def services_config(settings: Settings, params: dict[str, dict]):
     """The ``gpu-check`` Serve application: one deployment per reward, a GPU fraction each."""
     from services.config import load_services_config
@@ -293,7 +273,7 @@ def services_config(settings: Settings, params: dict[str, dict]):
             "log_level": "WARNING",
             "deployments": deployments,
             "ingress": {
-                "http_port": _free_port(),
+                "http_port": free_port(),
                 "grpc_port": 0,
                 "route_prefix": ROUTE_PREFIX,
                 "num_cpus": 0.1,

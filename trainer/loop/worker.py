@@ -9,6 +9,7 @@ Rank 0 evaluates, logs through the coordinator and writes checkpoints; every ran
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -200,7 +201,7 @@ class WorkerLoop:
     def evaluate(self, step: int) -> None:
         """Rank 0: ODE samples of the eval prompts (EMA weights when kept), scored and logged."""
         cfg = self.cfg
-        swap = self.ema.swapped_in() if self.ema is not None else _nullcontext()
+        swap = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
         with swap:
             result = evaluate(
                 self.pipe,
@@ -227,12 +228,6 @@ class WorkerLoop:
             **{k: v for k, v in summary.items() if k != "objectives_used"},
         }
         self.coordinator.record.remote(step, "eval", record)
-
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
