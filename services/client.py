@@ -83,16 +83,24 @@ class RewardClient:
         return cls(HandleTransport(app_name), **kwargs)
 
     @classmethod
-    def over_http(cls, url: str, token: str | None = None, **kwargs) -> RewardClient:
-        """Client over the HTTP ingress, e.g. ``http://127.0.0.1:8000``."""
-        return cls(HttpTransport(url, token), **kwargs)
+    def over_http(
+        cls, url: str, token: str | None = None, image_format: str = "raw", **kwargs
+    ) -> RewardClient:
+        """Client over the HTTP ingress, e.g. ``http://127.0.0.1:8000``; images travel as
+        ``raw`` pixels (default) or ``png`` files."""
+        return cls(HttpTransport(url, token, image_format), **kwargs)
 
     @classmethod
     def over_grpc(
-        cls, target: str, token: str | None = None, app_name: str = "rewards", **kwargs
+        cls,
+        target: str,
+        token: str | None = None,
+        app_name: str = "rewards",
+        image_format: str = "raw",
+        **kwargs,
     ) -> RewardClient:
-        """Client over Serve's gRPC proxy, e.g. ``127.0.0.1:9000``."""
-        return cls(GrpcTransport(target, token, app_name), **kwargs)
+        """Client over Serve's gRPC proxy, e.g. ``127.0.0.1:9000``; images as in ``over_http``."""
+        return cls(GrpcTransport(target, token, app_name, image_format), **kwargs)
 
     def submit(
         self,

@@ -1,7 +1,8 @@
 """Decode and validate image payloads into the reward contract's uint8 RGB arrays [H, W, 3].
 
-Every transport ends here: base64 strings (HTTP), encoded bytes (gRPC) and numpy arrays
-(in-cluster deployment handles) all go through ``decode_batch``, so the same input yields the
+Every transport ends here: base64 strings (HTTP), encoded bytes (gRPC), uncompressed
+``RawPixels`` (HTTP and gRPC ``raw_images``) and numpy arrays (in-cluster deployment handles) all
+go through ``decode_image``, so the same input yields the
 same array whatever the path, and every failure is an ``InvalidInput`` (or its subclass
 ``PayloadTooLarge``) whose message names the item, e.g. ``"image 3: not a valid base64 string"``.
 
@@ -25,6 +26,10 @@ Decisions:
 - Raw arrays must be uint8: [H, W] (grayscale), [H, W, 1], [H, W, 3] or [H, W, 4]. Any other dtype
   is an error rather than a guess about its range. A valid [H, W, 3] array is returned as is
   (no copy; it may be read-only, as arrays from Ray's object store are).
+- ``RawPixels`` are checked before their data is touched: 1, 3 or 4 channels, the size limits,
+  and exactly height * width * channels bytes (base64 over HTTP). ``max_bytes`` does not apply
+  to them (it bounds encoded files; the pixel limits bound raw data). They then follow the array
+  rules above, so a raw image and its PNG give the same array.
 - Prompts are never modified, only checked: C0 control characters other than tab, newline and
   carriage return, DEL, C1 controls and lone surrogates are rejected, as are over-long prompts.
 """
@@ -36,6 +41,7 @@ import binascii
 import io
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -226,6 +232,19 @@ def from_array(
     array: np.ndarray, index: int = 0, limits: ImageLimits = DEFAULT_LIMITS
 ) -> np.ndarray:
     """Validate a raw uint8 array (the in-cluster handle path) and return it as [H, W, 3]."""
+    shape = _check_array(array, index)
+    _check_size(shape[1], shape[0], index, limits)
+    if array.ndim == 2:
+        return _gray_to_rgb(array)
+    if shape[2] == 1:
+        return _gray_to_rgb(array[:, :, 0])
+    if shape[2] == 4:
+        return _composite(array)
+    return np.ascontiguousarray(array)
+
+
+def _check_array(array: np.ndarray, index: int) -> tuple[int, ...]:
+    """Reject anything but a uint8 [H, W] or [H, W, C] array (C in 1, 3, 4); return its shape."""
     if not isinstance(array, np.ndarray):
         raise InvalidInput(f"image {index}: expected a numpy array, got {type(array).__name__}")
     if array.dtype != np.uint8:
@@ -242,29 +261,83 @@ def from_array(
             f"image {index}: shape {shape}, expected [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]"
             + hint
         )
-    _check_size(shape[1], shape[0], index, limits)
-    if array.ndim == 2:
-        return _gray_to_rgb(array)
-    if shape[2] == 1:
-        return _gray_to_rgb(array[:, :, 0])
-    if shape[2] == 4:
-        return _composite(array)
-    return np.ascontiguousarray(array)
+    return shape
+
+
+@dataclass(frozen=True)
+class RawPixels:
+    """One uncompressed image as it travels: uint8 [height, width, channels], row-major.
+
+    ``data`` is bytes (gRPC, in-cluster) or a base64 string of them (HTTP JSON).
+    """
+
+    height: int
+    width: int
+    channels: int
+    data: bytes | str
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> RawPixels:
+        """The raw payload of a uint8 array ([H, W] or [H, W, C], C in 1, 3, 4); no copy if
+        it is already C-contiguous."""
+        _check_array(array, 0)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        height, width, channels = array.shape
+        return cls(height, width, channels, np.ascontiguousarray(array).tobytes())
+
+    def to_json(self) -> dict:
+        """The HTTP form: ``{"height", "width", "channels", "data": base64}``."""
+        data = self.data if isinstance(self.data, str) else base64.b64encode(self.data).decode()
+        return {"height": self.height, "width": self.width, "channels": self.channels, "data": data}
+
+
+def from_raw(raw: RawPixels, index: int = 0, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Validate uncompressed pixels (shape first, then the byte count) and return [H, W, 3]."""
+    if raw.channels not in (1, 3, 4):
+        raise InvalidInput(
+            f"image {index}: {raw.channels} channels; raw images have 1 (gray), 3 (RGB) or 4 (RGBA)"
+        )
+    _check_size(raw.width, raw.height, index, limits)
+    expected = raw.height * raw.width * raw.channels
+    data = raw.data
+    if isinstance(data, str):
+        if len(data) != 4 * -(-expected // 3):
+            raise InvalidInput(
+                f"image {index}: raw data has {len(data)} base64 characters; "
+                f"[{raw.height}, {raw.width}, {raw.channels}] needs {4 * -(-expected // 3)}"
+            )
+        data = b64decode_strict(data, index, limits.model_copy(update={"max_bytes": expected}))
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidInput(f"image {index}: raw data must be bytes, got {type(data).__name__}")
+    size = memoryview(data).nbytes
+    if size != expected:
+        raise InvalidInput(
+            f"image {index}: raw data has {size} bytes; "
+            f"[{raw.height}, {raw.width}, {raw.channels}] uint8 needs exactly {expected}"
+        )
+    array = np.frombuffer(data, dtype=np.uint8).reshape(raw.height, raw.width, raw.channels)
+    return from_array(array, index, limits)
 
 
 def decode_image(
-    item: bytes | str | np.ndarray, index: int = 0, limits: ImageLimits = DEFAULT_LIMITS
+    item: bytes | str | np.ndarray | RawPixels,
+    index: int = 0,
+    limits: ImageLimits = DEFAULT_LIMITS,
 ) -> np.ndarray:
-    """Decode one payload of any accepted kind: encoded bytes, base64 string or uint8 array."""
+    """Decode one payload of any accepted kind: encoded bytes, base64 string, raw pixels or a
+    uint8 array."""
     if isinstance(item, np.ndarray):
         return from_array(item, index, limits)
+    if isinstance(item, RawPixels):
+        return from_raw(item, index, limits)
     if isinstance(item, str):
         return decode_base64(item, index, limits)
     if isinstance(item, (bytes, bytearray, memoryview)):
         return decode_bytes(item, index, limits)
     raise InvalidInput(
         f"image {index}: unsupported payload type {type(item).__name__} "
-        "(expected bytes, a base64 string or a uint8 numpy array)"
+        "(expected bytes, a base64 string, raw pixels or a uint8 numpy array)"
     )
 
 

@@ -9,14 +9,16 @@ Endpoints (see docs/wire-protocol.md):
 - any error                          ``ErrorResponse`` (status from services/errors.py)
 
 ``PROTO_TWINS`` pairs each model with its message in ``reward.v1``; a unit test checks that
-their fields agree. Intended differences: HTTP images are base64 strings where the proto has
-bytes, the HTTP ``ScoreRequest`` takes the reward name from the URL path, and an absent text
-(``None``) is the proto's empty string. ``to_proto``/``from_proto`` convert along that table,
-so servers and clients never copy fields by hand.
+their fields agree. Intended differences: HTTP images (and raw image data) are base64 strings
+where the proto has bytes, the HTTP ``ScoreRequest`` takes the reward name from the URL path,
+and an absent text (``None``) is the proto's empty string. ``to_proto``/``from_proto``
+convert along that table, so servers and clients never copy fields by hand.
 
 Requests reject unknown fields; responses ignore them, so an older client can read a newer
 server's answers. Request validators reuse services/images.py (with its default limits) and
 raise its ``InvalidInput``, so ``errors.from_validation_error`` reports them field by field.
+A request carries ``images`` (encoded files) or ``raw_images`` (uncompressed pixels), not both;
+``request_images`` turns either form, HTTP or proto, into the items the deployments decode.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from services.errors import InvalidInput
 from services.images import (
+    ImageLimits,
+    RawPixels,
     b64decode_strict,
     check_image_count,
     validate_prompts,
@@ -42,6 +46,9 @@ _IMAGES_DOC = (
     "padding; a data:<mime type>;base64, prefix is allowed."
 )
 _PROMPTS_DOC = "One prompt per image, or omitted (null or []) for rewards that read no prompt."
+_RAW_DOC = "Uncompressed images (no encode or decode cost); send these or `images`, not both."
+_NO_SIZE_LIMIT = ImageLimits(max_bytes=2**62)  # raw data: bounded by pixels, in from_raw
+_UINT32 = {"ge": 0, "le": 2**32 - 1}  # the proto's uint32; meaning is checked per image
 
 
 class _Request(BaseModel):
@@ -52,24 +59,48 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class _ImageBatch(_Request):
-    """Images plus optional prompts, validated against the default limits."""
+class RawImage(_Request):
+    """One uncompressed image: uint8 pixels, row-major, channel last."""
 
-    images: list[str] = Field(description=_IMAGES_DOC)
+    height: int = Field(description="rows", **_UINT32)
+    width: int = Field(description="columns", **_UINT32)
+    channels: int = Field(description="1 (gray), 3 (RGB) or 4 (RGBA over white)", **_UINT32)
+    data: str = Field(description="base64 of exactly height * width * channels bytes")
+
+
+class _ImageBatch(_Request):
+    """Images (encoded or raw) plus optional prompts, validated against the default limits.
+
+    ``raw_images`` is declared first so that the later validators can see it.
+    """
+
+    raw_images: list[RawImage] = Field(default_factory=list, description=_RAW_DOC)
+    images: list[str] = Field(default_factory=list, description=_IMAGES_DOC, validate_default=True)
     prompts: list[str] | None = Field(None, description=_PROMPTS_DOC)
+
+    @field_validator("raw_images")
+    @classmethod
+    def _count_raw_images(cls, raw_images: list[RawImage]) -> list[RawImage]:
+        if raw_images:
+            check_image_count(len(raw_images))
+        return raw_images
 
     @field_validator("images")
     @classmethod
-    def _count_images(cls, images: list[str]) -> list[str]:
-        check_image_count(len(images))
+    def _count_images(cls, images: list[str], info: ValidationInfo) -> list[str]:
+        raw = info.data.get("raw_images")
+        if images and raw:
+            raise InvalidInput("send images or raw_images, not both")
+        if raw is None or not raw:  # raw_images failed or is empty: images must carry the batch
+            check_image_count(len(images))
         return images
 
     @field_validator("prompts")
     @classmethod
     def _check_prompts(cls, prompts: list[str] | None, info: ValidationInfo) -> list[str] | None:
-        if "images" not in info.data:  # images already failed; do not add a second error
-            return prompts
-        return validate_prompts(prompts, len(info.data["images"]))
+        if "images" not in info.data or "raw_images" not in info.data:
+            return prompts  # images already failed; do not add a second error
+        return validate_prompts(prompts, len(info.data["images"] or info.data["raw_images"]))
 
 
 class ScoreRequest(_ImageBatch):
@@ -190,6 +221,7 @@ class ErrorResponse(_Response):
 
 
 PROTO_TWINS: dict[type[BaseModel], type[Message]] = {
+    RawImage: pb.RawImage,
     ScoreRequest: pb.ScoreRequest,
     ScoreManyRequest: pb.ScoreManyRequest,
     ItemResult: pb.ItemResult,
@@ -200,7 +232,16 @@ PROTO_TWINS: dict[type[BaseModel], type[Message]] = {
     HealthResponse: pb.HealthResponse,
 }
 _MODEL_OF = {message: model for model, message in PROTO_TWINS.items()}
-BASE64_FIELDS = frozenset({"images"})  # base64 str over HTTP, bytes in the proto
+BASE64_FIELDS = frozenset({"images", "data"})  # base64 str over HTTP, bytes in the proto
+
+
+def request_images(request: _ImageBatch | pb.ScoreRequest | pb.ScoreManyRequest) -> list[Any]:
+    """The request's images as the deployments take them: encoded files (base64 str or bytes)
+    or ``RawPixels``; raises ``InvalidInput`` if both forms are present."""
+    encoded, raw = list(request.images), list(request.raw_images)
+    if encoded and raw:
+        raise InvalidInput("send images or raw_images, not both")
+    return encoded or [RawPixels(r.height, r.width, r.channels, r.data) for r in raw]
 
 
 def to_proto(model: BaseModel, **extra: Any) -> Message:
@@ -213,7 +254,9 @@ def to_proto(model: BaseModel, **extra: Any) -> Message:
         value = getattr(model, name)
         if value is None:
             continue
-        if name in BASE64_FIELDS:
+        if name in BASE64_FIELDS and isinstance(value, str):
+            value = b64decode_strict(value, 0, _NO_SIZE_LIMIT)
+        elif name in BASE64_FIELDS:
             value = [b64decode_strict(text, i) for i, text in enumerate(value)]
         elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
             value = [to_proto(item) for item in value]
@@ -235,6 +278,8 @@ def from_proto(message: Message, model: type[BaseModel] | None = None) -> BaseMo
         value = getattr(message, field.name)
         if field.has_presence and not field.is_repeated and not message.HasField(field.name):
             value = None
+        elif field.name in BASE64_FIELDS and not field.is_repeated:
+            value = base64.b64encode(value).decode("ascii")
         elif field.name in BASE64_FIELDS:
             value = [base64.b64encode(raw).decode("ascii") for raw in value]
         elif field.is_repeated and field.message_type is not None:

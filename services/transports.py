@@ -3,18 +3,31 @@
 Each transport has one blocking call, ``score(reward, images, prompts, timeout_s)``, that
 returns one :class:`~services.protocol.ItemResult` per image or raises a typed
 :mod:`services.errors` error, so the client's fan-out, retry and failure policy exist once.
+
+HTTP and gRPC send images as ``raw`` pixels by default: lossless, and free of the PNG encode
+(client) and decode (server) that cost more than a CLIP forward pass on a CPU. ``png`` sends
+files about 40% smaller for photo-like images, for links where bandwidth is the limit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from services.errors import from_grpc, from_http, from_ray_error
-from services.images import encode_base64_png, encode_png
+from services.images import RawPixels, encode_base64_png, encode_png
 from services.protocol import ItemResult, ScoreResponse, from_proto
+
+ImageFormat = Literal["raw", "png"]
+IMAGE_FORMATS: tuple[str, ...] = ("raw", "png")
+
+
+def _check_format(image_format: str) -> str:
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    return image_format
 
 
 class Transport(Protocol):
@@ -64,11 +77,12 @@ class HandleTransport:
 
 
 class HttpTransport:
-    """From outside the cluster over the FastAPI ingress (images as base64 PNG)."""
+    """From outside the cluster over the FastAPI ingress (images as raw pixels or PNG, base64)."""
 
-    def __init__(self, url: str, token: str | None = None):
+    def __init__(self, url: str, token: str | None = None, image_format: ImageFormat = "raw"):
         import httpx
 
+        self.image_format = _check_format(image_format)
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(base_url=url.rstrip("/"), headers=headers)
 
@@ -76,7 +90,11 @@ class HttpTransport:
         """``POST /v1/rewards/{reward}/score``."""
         import httpx
 
-        body = {"images": [encode_base64_png(img) for img in images], "prompts": prompts}
+        if self.image_format == "raw":
+            body = {"raw_images": [RawPixels.of(img).to_json() for img in images]}
+        else:
+            body = {"images": [encode_base64_png(img) for img in images]}
+        body["prompts"] = prompts
         try:
             response = self._client.post(
                 f"/v1/rewards/{reward}/score", json=body, timeout=timeout_s
@@ -99,11 +117,18 @@ class HttpTransport:
 
 
 class GrpcTransport:
-    """From outside the cluster over Serve's gRPC proxy (images as PNG bytes)."""
+    """From outside the cluster over Serve's gRPC proxy (images as raw pixels or PNG bytes)."""
 
-    def __init__(self, target: str, token: str | None = None, app_name: str = "rewards"):
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        app_name: str = "rewards",
+        image_format: ImageFormat = "raw",
+    ):
         import grpc
 
+        self.image_format = _check_format(image_format)
         from services.proto import reward_pb2_grpc
 
         limit = 256 * 2**20
@@ -123,9 +148,15 @@ class GrpcTransport:
 
         from services.proto import reward_pb2 as pb
 
-        request = pb.ScoreRequest(
-            reward=reward, images=[encode_png(img) for img in images], prompts=prompts or []
-        )
+        request = pb.ScoreRequest(reward=reward, prompts=prompts or [])
+        if self.image_format == "raw":
+            for img in images:
+                raw = RawPixels.of(img)
+                request.raw_images.add(
+                    height=raw.height, width=raw.width, channels=raw.channels, data=raw.data
+                )
+        else:
+            request.images.extend(encode_png(img) for img in images)
         try:
             reply = self._stub.Score(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:

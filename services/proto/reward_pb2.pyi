@@ -26,15 +26,29 @@ class RewardResult(_message.Message):
     error: str
     def __init__(self, reward: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
+class RawImage(_message.Message):
+    __slots__ = ("height", "width", "channels", "data")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    channels: int
+    data: bytes
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class ScoreRequest(_message.Message):
-    __slots__ = ("reward", "images", "prompts")
+    __slots__ = ("reward", "images", "prompts", "raw_images")
     REWARD_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    RAW_IMAGES_FIELD_NUMBER: _ClassVar[int]
     reward: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
     prompts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, reward: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., prompts: _Optional[_Iterable[str]] = ...) -> None: ...
+    raw_images: _containers.RepeatedCompositeFieldContainer[RawImage]
+    def __init__(self, reward: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., prompts: _Optional[_Iterable[str]] = ..., raw_images: _Optional[_Iterable[_Union[RawImage, _Mapping]]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("reward", "results", "model")
@@ -47,14 +61,16 @@ class ScoreResponse(_message.Message):
     def __init__(self, reward: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ScoreManyRequest(_message.Message):
-    __slots__ = ("rewards", "images", "prompts")
+    __slots__ = ("rewards", "images", "prompts", "raw_images")
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    RAW_IMAGES_FIELD_NUMBER: _ClassVar[int]
     rewards: _containers.RepeatedScalarFieldContainer[str]
     images: _containers.RepeatedScalarFieldContainer[bytes]
     prompts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, rewards: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[bytes]] = ..., prompts: _Optional[_Iterable[str]] = ...) -> None: ...
+    raw_images: _containers.RepeatedCompositeFieldContainer[RawImage]
+    def __init__(self, rewards: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[bytes]] = ..., prompts: _Optional[_Iterable[str]] = ..., raw_images: _Optional[_Iterable[_Union[RawImage, _Mapping]]] = ...) -> None: ...
 
 class ScoreManyResponse(_message.Message):
     __slots__ = ("results",)

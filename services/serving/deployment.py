@@ -68,15 +68,7 @@ class RewardDeployment:
                 f"reward {self.config.reward!r} needs one prompt per image; the request has none"
             )
         results: list[dict[str, Any]] = [{"score": None, "error": None} for _ in images]
-        # Decoding runs in threads (Pillow releases the GIL), so other requests keep joining
-        # the batch queue meanwhile.
-        loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(
-            *(
-                loop.run_in_executor(self._decoders, self._decode, item, i)
-                for i, item in enumerate(images)
-            )
-        )
+        decoded = await self._decode_all(images)
         jobs, positions = [], []
         for i, array in enumerate(decoded):
             if isinstance(array, RewardServiceError):
@@ -98,6 +90,23 @@ class RewardDeployment:
                 results[i]["score"] = float(outcome)
         self.metrics.observe_request(time.perf_counter() - start)
         return results
+
+    async def _decode_all(self, images: list[Any]) -> list[Any]:
+        """Every image as an RGB array, or the error that names why it is unusable.
+
+        Arrays (the handle path) are only checked, inline: a thread hop would cost more. Files
+        and raw pixels decode in threads (Pillow and base64 release the GIL), so other requests
+        keep joining the batch queue meanwhile.
+        """
+        if all(isinstance(item, np.ndarray) for item in images):
+            return [self._decode(item, i) for i, item in enumerate(images)]
+        loop = asyncio.get_running_loop()
+        return await asyncio.gather(
+            *(
+                loop.run_in_executor(self._decoders, self._decode, item, i)
+                for i, item in enumerate(images)
+            )
+        )
 
     def _decode(self, item: np.ndarray | bytes | str, index: int) -> Any:
         try:

@@ -15,7 +15,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.errors import PayloadTooLarge, RewardServiceError, from_validation_error, to_http
+from services.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    RewardServiceError,
+    from_validation_error,
+    to_http,
+)
 from services.protocol import (
     ErrorResponse,
     HealthResponse,
@@ -24,6 +30,7 @@ from services.protocol import (
     ScoreManyResponse,
     ScoreRequest,
     ScoreResponse,
+    request_images,
 )
 from services.serving.auth import check_bearer
 from services.serving.router import RewardRouter
@@ -31,6 +38,7 @@ from services.serving.router import RewardRouter
 logger = logging.getLogger(__name__)
 _ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 500, 503, 504)}
 _OPEN_PATHS = frozenset({"/healthz"})
+_JSON = "send a UTF-8 encoded JSON object"
 
 
 class BodySizeLimit:
@@ -111,6 +119,9 @@ def build_http_app(router: RewardRouter, token: str | None, max_body_bytes: int)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI could not read the body (e.g. JSON not UTF-8)
+            status, body = to_http(InvalidInput(f"invalid request body: {exc.detail}; {_JSON}"))
+            return JSONResponse(body, status_code=status)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail), "details": {}}}
         return JSONResponse(body, status_code=exc.status_code)
@@ -140,11 +151,11 @@ def build_http_app(router: RewardRouter, token: str | None, max_body_bytes: int)
     @app.post("/v1/rewards/{name}/score", response_model=ScoreResponse, responses=_ERRORS)
     async def score(name: str, request: ScoreRequest) -> ScoreResponse:
         """Score a batch of images with one reward."""
-        return await router.score(name, request.images, request.prompts)
+        return await router.score(name, request_images(request), request.prompts)
 
     @app.post("/v1/score", response_model=ScoreManyResponse, responses=_ERRORS)
     async def score_many(request: ScoreManyRequest) -> ScoreManyResponse:
         """Score the same images with several rewards in one call."""
-        return await router.score_many(request.rewards, request.images, request.prompts)
+        return await router.score_many(request.rewards, request_images(request), request.prompts)
 
     return app

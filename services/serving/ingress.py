@@ -17,7 +17,7 @@ from services.config import IngressConfig
 from services.errors import as_service_error, to_grpc_status
 from services.images import ImageLimits
 from services.proto import reward_pb2 as pb
-from services.protocol import to_proto
+from services.protocol import request_images, to_proto
 from services.serving.auth import check_bearer, load_token
 from services.serving.http import build_http_app
 from services.serving.router import RewardRouter
@@ -51,7 +51,8 @@ class RewardIngress:
         try:
             self._authenticate(grpc_context)
             prompts = list(request.prompts) or None
-            response = await self.router.score(request.reward, list(request.images), prompts)
+            images = request_images(request)
+            response = await self.router.score(request.reward, images, prompts)
             return to_proto(response)
         except Exception as exc:
             return self._fail(exc, grpc_context, pb.ScoreResponse())
@@ -64,7 +65,7 @@ class RewardIngress:
             self._authenticate(grpc_context)
             prompts = list(request.prompts) or None
             response = await self.router.score_many(
-                list(request.rewards), list(request.images), prompts
+                list(request.rewards), request_images(request), prompts
             )
             return to_proto(response)
         except Exception as exc:

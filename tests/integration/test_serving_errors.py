@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from services.client import RetryPolicy, RewardClient
-from services.images import encode_base64_png, encode_png
+from services.images import RawPixels, encode_base64_png, encode_png
 from services.proto import reward_pb2 as pb
 from services.proto import reward_pb2_grpc
 from tests.integration.conftest import MAX_BODY_BYTES
@@ -51,6 +51,7 @@ def _b64(data: bytes) -> str:
 
 
 GOOD_B64 = encode_base64_png(GOOD)
+GOOD_RAW = RawPixels.of(GOOD).to_json()
 # (name, path, json body, expected status, expected error code, words the message must contain)
 HTTP_CASES = [
     ("zero images", "aesthetic", {"images": []}, 422, "invalid_input", "image"),
@@ -74,6 +75,22 @@ HTTP_CASES = [
         422,
         "invalid_input",
         "U+0000",
+    ),
+    (
+        "images and raw_images",
+        "aesthetic",
+        {"images": [GOOD_B64], "raw_images": [GOOD_RAW]},
+        422,
+        "invalid_input",
+        "not both",
+    ),
+    (
+        "raw image size out of range",
+        "aesthetic",
+        {"raw_images": [{**GOOD_RAW, "width": 2**40}]},
+        422,
+        "invalid_input",
+        "raw_images",
     ),
     (
         "absurdly long prompt",
@@ -120,6 +137,32 @@ def test_one_bad_image_is_an_error_for_that_item_only(reward_app, case):
     assert words.lower() in results[1]["error"].lower()
 
 
+RAW_ITEM_CASES = [
+    ("wrong byte count", {**GOOD_RAW, "height": 23}, "needs 2208"),
+    ("two channels", {**GOOD_RAW, "channels": 2}, "2 channels"),
+    ("bad base64", {**GOOD_RAW, "data": "!" * len(GOOD_RAW["data"])}, "base64"),
+    ("raw bomb", {**GOOD_RAW, "height": 60000, "width": 60000}, "pixels"),
+]
+
+
+@pytest.mark.parametrize("case", RAW_ITEM_CASES, ids=[c[0] for c in RAW_ITEM_CASES])
+def test_one_bad_raw_image_is_an_error_for_that_item_only(reward_app, case):
+    _, bad, words = case
+    body = {"raw_images": [GOOD_RAW, bad, GOOD_RAW]}
+    reply = httpx.post(f"{reward_app.http_url}/v1/rewards/aesthetic/score", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    results = reply.json()["results"]
+    assert results[0]["score"] is not None and results[2]["score"] is not None
+    assert results[0]["score"] == pytest.approx(_png_score(reward_app))
+    assert results[1]["score"] is None and words.lower() in results[1]["error"].lower()
+
+
+def _png_score(reward_app) -> float:
+    body = {"images": [GOOD_B64]}
+    reply = httpx.post(f"{reward_app.http_url}/v1/rewards/aesthetic/score", json=body, timeout=60)
+    return reply.json()["results"][0]["score"]
+
+
 def test_http_rejects_malformed_json_and_oversized_body(reward_app):
     url = f"{reward_app.http_url}/v1/rewards/aesthetic/score"
     broken = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
@@ -144,6 +187,15 @@ GRPC_CASES = [
         pb.ScoreRequest(reward="aesthetic", images=[encode_png(GOOD)] * 65),
         "RESOURCE_EXHAUSTED",
     ),
+    (
+        "images and raw_images",
+        pb.ScoreRequest(
+            reward="aesthetic",
+            images=[encode_png(GOOD)],
+            raw_images=[pb.RawImage(height=24, width=24, channels=3, data=GOOD.tobytes())],
+        ),
+        "INVALID_ARGUMENT",
+    ),
 ]
 
 
@@ -161,6 +213,24 @@ def test_grpc_maps_bad_requests_to_status_codes(reward_app, case):
         reply = stub.Score(bad_item, metadata=metadata, timeout=60)
     assert not reply.results[0].HasField("score") and reply.results[0].error
     assert reply.results[1].HasField("score")
+
+
+def test_grpc_bad_raw_image_is_an_error_for_that_item_only(reward_app):
+    metadata = [("application", reward_app.app_name)]
+    good = pb.RawImage(height=24, width=24, channels=3, data=GOOD.tobytes())
+    short = pb.RawImage(height=24, width=24, channels=3, data=GOOD.tobytes()[:-1])
+    request = pb.ScoreRequest(reward="aesthetic", raw_images=[short, good])
+    with grpc.insecure_channel(reward_app.grpc_target) as channel:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+        reply = stub.Score(request, metadata=metadata, timeout=60)
+        png = stub.Score(
+            pb.ScoreRequest(reward="aesthetic", images=[encode_png(GOOD)]),
+            metadata=metadata,
+            timeout=60,
+        )
+    assert not reply.results[0].HasField("score")
+    assert "1727 bytes" in reply.results[0].error
+    assert reply.results[1].score == pytest.approx(png.results[0].score)
 
 
 def _replica_actor_names(deployment: str) -> list[str]:

@@ -1,4 +1,7 @@
-"""Handles, HTTP and gRPC reach the same scoring code and return the in-process numbers."""
+"""Handles, HTTP and gRPC reach the same scoring code and return the in-process numbers.
+
+HTTP and gRPC are checked with both image forms: raw pixels (the clients' default) and PNG.
+"""
 
 from __future__ import annotations
 
@@ -45,13 +48,15 @@ def clients(reward_app):
         "handle": RewardClient.in_cluster(reward_app.app_name),
         "http": RewardClient.over_http(reward_app.http_url),
         "grpc": RewardClient.over_grpc(reward_app.grpc_target),
+        "http-png": RewardClient.over_http(reward_app.http_url, image_format="png"),
+        "grpc-png": RewardClient.over_grpc(reward_app.grpc_target, image_format="png"),
     }
     yield made
     for client in made.values():
         client.close()
 
 
-@pytest.mark.parametrize("path", ["handle", "http", "grpc"])
+@pytest.mark.parametrize("path", ["handle", "http", "grpc", "http-png", "grpc-png"])
 def test_every_path_returns_the_in_process_scores(clients, in_process_scores, path):
     matrix = clients[path].score(_images(), PROMPTS, REWARDS)
     assert matrix.failures == {}

@@ -136,6 +136,7 @@ def _expected_annotations(field: FieldDescriptor, message_name: str) -> set:
             FieldDescriptor.TYPE_STRING: str,
             FieldDescriptor.TYPE_DOUBLE: float,
             FieldDescriptor.TYPE_BOOL: bool,
+            FieldDescriptor.TYPE_UINT32: int,
         }[field.type]
     if field.is_repeated:
         return {list[scalar], list[scalar] | None}
