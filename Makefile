@@ -63,6 +63,7 @@ monitor: setup
 bench: setup
 	$(PY) bench/synthetic_mo.py
 	$(PY) bench/serving.py --quick
+	$(PY) bench/load.py --quick
 
 proto: setup
 	$(PY) -m services.proto.generate

@@ -31,6 +31,15 @@ class AutoscalingConfig(_Strict):
     )
     upscale_delay_s: float = Field(5.0, ge=0)
     downscale_delay_s: float = Field(30.0, ge=0)
+    look_back_period_s: float | None = Field(
+        None, gt=0, description="window the load is averaged over (Serve's default: 30 s)"
+    )
+    metrics_interval_s: float | None = Field(
+        None,
+        gt=0,
+        description="how often replicas report their load (Serve's default: 10 s; deprecated "
+        "by Serve in favour of RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S)",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
