@@ -48,7 +48,8 @@ _IMAGES_DOC = (
 _PROMPTS_DOC = "One prompt per image, or omitted (null or []) for rewards that read no prompt."
 _RAW_DOC = "Uncompressed images (no encode or decode cost); send these or `images`, not both."
 _NO_SIZE_LIMIT = ImageLimits(max_bytes=2**62)  # raw data: bounded by pixels, in from_raw
-_UINT32 = {"ge": 0, "le": 2**32 - 1}  # the proto's uint32; meaning is checked per image
+# the proto's uint32 (meaning is checked per image); strict: JSON false or "3" is no integer
+_UINT32 = {"ge": 0, "le": 2**32 - 1, "strict": True}
 
 
 class _Request(BaseModel):

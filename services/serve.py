@@ -183,9 +183,11 @@ def _catch_stop_signals() -> None:
         signal.signal(sig, _raise_interrupt)
 
 
-def start_ray(args: argparse.Namespace) -> None:
-    """Start a fresh local Ray, or join ``--address``."""
+def start_ray(args: argparse.Namespace, config: ServicesConfig) -> None:
+    """Start a fresh local Ray (gRPC capped like HTTP bodies), or join ``--address``."""
     import ray
+
+    from services.serving.app import limit_grpc_messages
 
     if args.address:
         if args.num_cpus is not None:
@@ -196,6 +198,7 @@ def start_ray(args: argparse.Namespace) -> None:
             raise ServeError(f"--address {args.address}: {exc}") from None
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throw-away loopback cluster
+        limit_grpc_messages(config)
         ray.init(
             address="local",
             num_cpus=args.num_cpus,
@@ -222,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     _catch_stop_signals()
     start = time.perf_counter()
     try:
-        start_ray(args)
+        start_ray(args, config)
         _catch_stop_signals()
         problem = check_capacity(config, ray.cluster_resources())
         if problem and not args.address:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,20 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     else:
         source = dict(args)
     return build_app(load_services_config(source))
+
+
+GRPC_LIMIT_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
+
+
+def limit_grpc_messages(config: ServicesConfig) -> None:
+    """Cap gRPC request size at ``ingress.max_body_bytes``, as HTTP bodies are capped.
+
+    Serve's gRPC proxy reads its receive limit from ``RAY_SERVE_GRPC_MAX_MESSAGE_SIZE`` (default
+    2 GiB) in its own process, so this must run before a *local* Ray starts (its processes
+    inherit the environment); on a cluster, set the variable on every node. An explicit value
+    already in the environment wins.
+    """
+    os.environ.setdefault(GRPC_LIMIT_ENV, str(config.ingress.max_body_bytes))
 
 
 def start_serve(config: ServicesConfig) -> None:

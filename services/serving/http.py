@@ -124,7 +124,8 @@ def build_http_app(router: RewardRouter, token: str | None, max_body_bytes: int)
             return JSONResponse(body, status_code=status)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail), "details": {}}}
-        return JSONResponse(body, status_code=exc.status_code)
+        # keep Starlette's headers: a 405 must list the allowed methods (RFC 9110 Allow)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -47,6 +47,9 @@ REWARD_DEPLOYMENTS = [
     },
 ]
 MAX_BODY_BYTES = 8 * 2**20
+# Serve's gRPC proxy reads its receive limit (default 2 GiB - 1) from the environment of the Ray
+# processes: cap gRPC messages like HTTP bodies, before Ray starts (test_grpc_hostile.py).
+os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(MAX_BODY_BYTES))
 
 
 @pytest.fixture(scope="session")

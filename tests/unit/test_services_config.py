@@ -6,6 +6,7 @@ application graph, so it runs without a Ray cluster and is checked here too.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,15 @@ def test_app_builder_rejects_an_unregistered_reward():
 
     with pytest.raises((KeyError, ValueError), match="no_such_reward"):
         app_builder({"deployments": [{"reward": "no_such_reward"}]})
+
+
+def test_grpc_message_limit_follows_the_http_body_limit(monkeypatch):
+    from services.serving.app import GRPC_LIMIT_ENV, limit_grpc_messages
+
+    config = load_services_config({"deployments": [{"reward": "ocr"}]})
+    monkeypatch.delenv(GRPC_LIMIT_ENV, raising=False)
+    limit_grpc_messages(config)
+    assert os.environ[GRPC_LIMIT_ENV] == str(config.ingress.max_body_bytes)
+    monkeypatch.setenv(GRPC_LIMIT_ENV, "123")  # an explicit setting wins
+    limit_grpc_messages(config)
+    assert os.environ[GRPC_LIMIT_ENV] == "123"
