@@ -138,3 +138,23 @@ def test_a_restarted_coordinator_continues_from_its_persisted_state(tmp_path):
     resumed = asyncio.run(steps(restarted, 3, 6))
     for want, got in zip(uninterrupted[3:], resumed, strict=True):
         assert want == got
+
+
+def test_a_run_restarted_before_its_first_checkpoint_starts_over(tmp_path):
+    """``load_state_dict(None)``: the initial state, as if no step had been balanced."""
+
+    async def steps(coord, stop):
+        return [
+            await coord.exchange(t, 0, _batch(t)[0].tolist(), _batch(t)[1].tolist())
+            for t in range(stop)
+        ]
+
+    coord = _coordinator(tmp_path, 1)
+    first = asyncio.run(steps(coord, 2))
+    assert coord.last_checkpoint() is None
+    coord.checkpoint_written("/runs/x/checkpoints/epoch_000001")
+    assert coord.last_checkpoint() == "/runs/x/checkpoints/epoch_000001"
+    assert coord.load_state_dict(None) == 0
+    assert asyncio.run(steps(coord, 2)) == first
+    (restore,) = [json.loads(x) for x in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert restore["kind"] == "restore" and restore["recomputed_steps"] == [0, 1]

@@ -44,12 +44,14 @@ class Coordinator:
         write_metrics: bool = True,
         export_metrics: bool = True,
     ):
-        self.state = CoordinatorState(
-            balancer=balancer,
-            objectives=objectives,
-            num_workers=num_workers,
-            balancer_options=balancer_options,
-        )
+        self._fresh_state = {
+            "balancer": balancer,
+            "objectives": objectives,
+            "num_workers": num_workers,
+            "balancer_options": balancer_options,
+        }
+        self.state = CoordinatorState(**self._fresh_state)
+        self.checkpoint_path: str | None = None  # newest checkpoint written in this job
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.exchange_timeout_s = exchange_timeout_s
@@ -62,6 +64,7 @@ class Coordinator:
         if state_path.is_file():  # a restart: continue exactly where the last step left off
             self.state.load_state_dict(json.loads(state_path.read_text()))
             logger.info("coordinator restored at step %d from %s", self.state.step, state_path)
+        self.gauges.set_values(self.state.fault_totals())  # 0 (or the restored totals) at start
 
     async def exchange(
         self, step: int, rank: int, rewards: list[list[float]], group_ids: list[int]
@@ -110,12 +113,38 @@ class Coordinator:
         """The whole state, for the trainer's checkpoint."""
         return self.state.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> int:
-        """Restore a checkpointed state (on resume); returns the step being collected."""
-        self.state.load_state_dict(state)
+    def load_state_dict(self, state: dict[str, Any] | None) -> int:
+        """Restore a checkpointed state (on resume), or with ``None`` the initial state (a
+        run restarted before its first checkpoint); returns the step being collected.
+
+        Appends a ``restore`` record to ``metrics.jsonl``: its step is the first step run
+        again, ``recomputed_steps`` the steps already balanced that the run will balance a
+        second time (their ``train`` records are appended again; readers keep the last).
+        """
+        previous = self.state.step
+        if state is None:
+            self.state = CoordinatorState(**self._fresh_state)
+        else:
+            self.state.load_state_dict(state)
         self.infos.clear()
         self._persist()
-        return self.state.step
+        restored = self.state.step
+        self.gauges.set_values(self.state.fault_totals())
+        self.record(
+            restored,
+            "restore",
+            {"previous_step": previous, "recomputed_steps": list(range(restored, previous))},
+        )
+        return restored
+
+    def checkpoint_written(self, path: str) -> None:
+        """Rank 0 wrote a complete checkpoint at ``path`` (before reporting it to Ray Train)."""
+        self.checkpoint_path = path
+
+    def last_checkpoint(self) -> str | None:
+        """The newest checkpoint written in this job (kept in memory only: a new job, e.g. a
+        resumed run, starts with none, so ``checkpoint.resume_from`` decides there)."""
+        return self.checkpoint_path
 
     def ping(self) -> int:
         """Liveness check; returns the step being collected."""
@@ -147,6 +176,8 @@ def start_coordinator(name: str, max_restarts: int, **kwargs) -> Any:
 def _jsonable(value: Any) -> Any:
     """Numpy values and nested containers as strict-JSON values (non-finite -> None)."""
     if isinstance(value, np.ndarray):
+        if np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_:
+            return value.tolist()  # counts stay ints
         return to_list(value)
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

@@ -2,6 +2,11 @@
 
 Tagged by objective name (and the other objective for the conflict matrix), never by step
 or sample. Ray exports them as ``ray_apex_*`` on every node's metrics endpoint.
+
+The numerical-fault totals (``*_cumulative``) are gauges set from the balancer's
+checkpointed totals, not Ray counters: a counter would restart at 0 with a restarted
+coordinator and count a step redone after a restore twice, while these always equal the
+totals in ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -21,8 +26,19 @@ PER_OBJECTIVE = {
     "conflict_penalty": "P3 conflict penalty C[k].",
     "progress": "Progress in effect-size units since warm-up.",
     "scale_ema": "DSAN running scale sbar[k].",
+    "scored_count": "Samples with a finite score this step.",
     "unscorable_count": "Samples without a score this step.",
     "nonfinite_count": "Non-finite rewards (excluded) this step.",
+    "zero_variance_group_count": "Groups whose scores are all the same this step.",
+    "single_sample_group_count": "Groups with exactly one scorable sample this step.",
+    "objective_missing": "1 when the objective has no score at all this step.",
+    "unscorable_cumulative": "Samples without a score since the run started.",
+    "nonfinite_cumulative": "Non-finite rewards since the run started.",
+    "zero_variance_group_cumulative": "Groups with all scores equal since the run started.",
+    "single_sample_group_cumulative": "Groups with one scorable sample since the run started.",
+    "objective_missing_cumulative": "Steps without any score of the objective so far.",
+    "reward_retries": "Scoring calls the client retried this step (all workers).",
+    "reward_waits": "Wait rounds for a reward down after retries this step (on_failure=wait).",
 }
 SCALARS = {
     "advantage_mean": "Mean advantage of the step.",
@@ -65,10 +81,17 @@ class TrainingGauges:
         self.step = Gauge("apex_step", description="Last balanced step.")
 
     def export(self, step: int, record: dict[str, Any]) -> None:
-        """Set every gauge found in ``record`` (balancer info and trainer scalars)."""
+        """Set the step gauge and every gauge found in ``record`` (balancer info, trainer
+        scalars)."""
         if not self.enabled:
             return
         self.step.set(step)
+        self.set_values(record)
+
+    def set_values(self, record: dict[str, Any]) -> None:
+        """Set every gauge found in ``record``, leaving the step gauge alone."""
+        if not self.enabled:
+            return
         for key, gauge in self.per_objective.items():
             values = record.get(key)
             if values is None:

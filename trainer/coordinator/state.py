@@ -108,6 +108,10 @@ class CoordinatorState:
         """The result of ``step`` if it is the last computed one."""
         return self.last if self.last is not None and self.last.step == step else None
 
+    def fault_totals(self) -> dict[str, np.ndarray]:
+        """The balancer's numerical-fault totals so far, per objective."""
+        return {key: value.copy() for key, value in self.balancer.faults.totals.items()}
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable state: balancer, step counter and the last result."""
         last = None

@@ -11,10 +11,6 @@ import numpy as np
 from trainer.core.groups import GroupStats, centered_rewards
 from trainer.core.serialize import from_list, to_list
 
-# Rounding-level spread (relative to the group mean) counts as no spread in plain z-scores.
-_REL_SPREAD_FLOOR = 1e-9
-_ABS_FLOOR = 1e-300
-
 
 def static_advantages(
     rewards: np.ndarray,
@@ -54,9 +50,7 @@ def plain_group_zscores(rewards: np.ndarray, stats: GroupStats) -> np.ndarray:
     only rounding-level spread relative to its mean) gives 0, as does an unscorable reward.
     """
     centered = centered_rewards(rewards, stats)
-    spread_ok = stats.std > np.maximum(
-        _REL_SPREAD_FLOOR * np.abs(np.nan_to_num(stats.mean)), _ABS_FLOOR
-    )
+    spread_ok = stats.spread_ok()
     safe_std = np.where(spread_ok, stats.std, 1.0)
     z = centered / safe_std[:, stats.index]
     return np.where(spread_ok[:, stats.index], z, 0.0)

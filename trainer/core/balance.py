@@ -3,7 +3,8 @@
 The coordinator actor, the benchmarks and outside users call this. A balancer's ``step``
 takes ``rewards [num_objectives, batch]`` (NaN = unscorable) and ``group_ids [batch]`` and
 returns ``(advantages [batch], weights [num_objectives], info)``; ``info`` holds every
-intermediate term per objective. ``state_dict``/``load_state_dict`` restore it exactly.
+intermediate term per objective, and the step's numerical faults with their running totals
+(:mod:`trainer.core.faults`). ``state_dict``/``load_state_dict`` restore it exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from trainer.core.advantages import (
     standardize_and_clip,
     static_advantages,
 )
+from trainer.core.faults import FaultTotals, step_faults
 from trainer.core.groups import centered_rewards, check_inputs, group_stats
 from trainer.core.priorities import AdaptivePriorities, FixedWeights, PriorityTerms
 
@@ -103,6 +105,7 @@ class Balancer:
             self.priorities = FixedWeights(self.base_weights)
         else:
             self.priorities = AdaptivePriorities(self.base_weights, options, mode=mode, terms=terms)
+        self.faults = FaultTotals(num_objectives)
         self.steps = 0
 
     def step(self, rewards, group_ids) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -125,7 +128,10 @@ class Balancer:
             adv, raw = standardize_and_clip(weights @ ahat, clip=o.clip)
             scale = _masked_mean(d, stats.count > 0)
         self.steps += 1
-        info = _diagnostics(r, stats, nonfinite, adv, raw, o.clip)
+        info = _diagnostics(r, stats, adv, raw, o.clip)
+        faults = step_faults(r, stats, nonfinite)
+        info.update(faults)
+        info.update(self.faults.add(faults))
         info.update(prio_info)
         info.update({"weights": weights, "group_scale": scale, "step": self.steps})
         if self.normalizer == "dsan":
@@ -140,6 +146,7 @@ class Balancer:
             "steps": self.steps,
             "scale": self.scale.state_dict(),
             "priorities": copy.deepcopy(self.priorities.state_dict()),
+            "faults": self.faults.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -153,6 +160,7 @@ class Balancer:
         self.steps = int(state["steps"])
         self.scale.load_state_dict(state["scale"])
         self.priorities.load_state_dict(copy.deepcopy(state["priorities"]))
+        self.faults.load_state_dict(state.get("faults"))
 
 
 def make_balancer(name: str, num_objectives: int, **options) -> Balancer:
@@ -187,22 +195,30 @@ def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
-def _diagnostics(r, stats, nonfinite, adv, raw, clip) -> dict:
-    """Per-objective reward statistics and advantage statistics common to every balancer."""
+def _diagnostics(r, stats, adv, raw, clip) -> dict:
+    """Per-objective reward statistics and advantage statistics common to every balancer.
+
+    ``advantage_abs_sum`` and ``advantage_checksum`` (``sum_i A_i * (i + 1) / B``, which moves
+    when any advantage or their order changes) are a compact digest: two runs that gave the
+    same samples the same advantages log the same three numbers.
+    """
     valid = ~np.isnan(r)
     count = valid.sum(axis=1)
     with np.errstate(all="ignore"):
         mean = np.where(valid, r, 0.0).sum(axis=1) / count
         std = np.sqrt(np.where(valid, (r - mean[:, None]) ** 2, 0.0).sum(axis=1) / count)
+    position = np.arange(1, adv.size + 1) / adv.size
     return {
         "reward_mean": mean,
         "reward_std": std,
         "group_std_mean": stats.spread_mean(),
-        "unscorable_count": np.isnan(r).sum(axis=1) - nonfinite,
-        "nonfinite_count": nonfinite,
+        "scored_count": count,
         "num_groups": stats.num_groups,
+        "batch_size": int(adv.size),
         "advantage_mean": float(adv.mean()),
         "advantage_std": float(adv.std()),
         "advantage_abs_max": float(np.abs(adv).max()),
+        "advantage_abs_sum": float(np.abs(adv).sum()),
+        "advantage_checksum": float(adv @ position),
         "advantage_clip_fraction": float((np.abs(raw) > clip).mean()),
     }

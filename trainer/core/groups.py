@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Rounding-level spread (relative to the group mean) counts as no spread: the mean of equal
+# floats is not always exactly that float, so "all the same" leaves a std of ~1e-17.
+REL_SPREAD_FLOOR = 1e-9
+_ABS_FLOOR = 1e-300
+
 
 @dataclass(frozen=True)
 class GroupStats:
@@ -25,6 +30,15 @@ class GroupStats:
     def num_groups(self) -> int:
         """Number of distinct groups in the batch."""
         return self.count.shape[1]
+
+    def spread_ok(self) -> np.ndarray:
+        """``[K, G]`` True where a group's scores really differ (beyond rounding).
+
+        False for groups with fewer than two scorable samples and for groups whose samples
+        all score the same.
+        """
+        floor = np.maximum(REL_SPREAD_FLOOR * np.abs(np.nan_to_num(self.mean)), _ABS_FLOOR)
+        return self.std > floor
 
     def spread_mean(self) -> np.ndarray:
         """Mean within-group std per objective over groups with >= 2 scorable samples.

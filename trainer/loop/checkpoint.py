@@ -62,15 +62,18 @@ def save_checkpoint(root: str | Path, ckpt: TrainerCheckpoint, keep: int | None 
     return final
 
 
+def is_complete(path: str | Path) -> bool:
+    """Whether ``path`` is a complete checkpoint (its state file is written last)."""
+    return (Path(path) / STATE_FILE).is_file()
+
+
 def list_checkpoints(root: str | Path) -> list[Path]:
     """Complete checkpoints under ``root``, oldest first."""
     root = Path(root)
     if not root.is_dir():
         return []
     found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and is_complete(p)
     ]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
@@ -84,7 +87,7 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def load_checkpoint(path: str | Path) -> TrainerCheckpoint:
     """Read a checkpoint directory written by :func:`save_checkpoint`."""
     path = Path(path)
-    if not (path / STATE_FILE).is_file():
+    if not is_complete(path):
         raise ValueError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
     state = json.loads((path / STATE_FILE).read_text())
     ema_path = path / "ema.safetensors"

@@ -45,7 +45,7 @@ def evaluate(
             generators=sample_generators(seed, EVAL_EPOCH_TAG, range(offset, offset + len(chunk))),
         )
         future = client.submit(rollout.images, chunk, rewards)
-        matrix = wait_for_scores(client, future, rollout.images, chunk, rewards, service)
+        (matrix,) = wait_for_scores(client, [(future, rollout.images, chunk)], rewards, service)
         images.append(rollout.images)
         scores.append(matrix.scores)
     values = np.concatenate(scores, axis=1)

@@ -5,7 +5,8 @@ next micro-batch is sampled while they are scored. A sample's noise comes from a
 seeded by (seed, epoch, global sample index), so it does not depend on the worker count or
 the micro-batch size. What comes back is a ``[objectives, batch]`` matrix with NaN where a
 reward could not score; a reward that failed as a whole either fails the step or is waited
-for, by config, and is never replaced by made-up scores.
+for, by config, and is never replaced by made-up scores. How often each reward had to be
+retried or waited for is counted (:class:`ScoringTally`) and logged with the step.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +25,20 @@ from trainer.config import RewardServiceConfig, SamplingConfig
 from trainer.model.rollout import PromptEmbeds, Rollout, encode_prompts, sample
 
 logger = logging.getLogger(__name__)
+
+
+class ScoringTally:
+    """Per reward: calls the client retried, and wait rounds after it failed as a whole."""
+
+    def __init__(self, rewards: Sequence[str]):
+        self.rewards = list(rewards)
+        self.retries = np.zeros(len(self.rewards), dtype=np.int64)
+        self.waits = np.zeros(len(self.rewards), dtype=np.int64)
+
+    def add_attempts(self, matrix: ScoreMatrix) -> None:
+        """Count the retries of one scoring call (attempts beyond the first)."""
+        for name, attempts in matrix.attempts.items():
+            self.retries[self.rewards.index(name)] += max(0, int(attempts) - 1)
 
 
 @dataclass
@@ -37,6 +53,7 @@ class EpochSamples:
     time_sampling_s: float
     time_scoring_s: float  # waiting for rewards after the last micro-batch was sampled
     time_scoring_total_s: float  # sum of the scoring calls' durations (as if not overlapped)
+    tally: ScoringTally  # retries and waits per reward
 
 
 def sample_generators(seed: int, epoch: int, indices: Sequence[int]) -> list[torch.Generator]:
@@ -77,33 +94,60 @@ def sample_prompts(
     return embeds, rollout
 
 
+WAIT_POLL_S = 5.0  # with on_failure=wait: pause between rescoring a failed reward
+
+
 class RewardFailure(RuntimeError):
     """A reward stayed down after every retry and the config says to fail the step."""
 
 
 def wait_for_scores(
     client: RewardClient,
-    future,
-    images: np.ndarray,
-    prompts: list[str],
+    pending: Sequence[tuple[Future, np.ndarray, list[str]]],
     rewards: list[str],
     cfg: RewardServiceConfig,
-) -> ScoreMatrix:
-    """Resolve a scoring future, applying the ``on_failure`` policy to whole-reward failures."""
-    matrix = future.result()
+    tally: ScoringTally | None = None,
+) -> list[ScoreMatrix]:
+    """Resolve scoring futures ``[(future, images, prompts)]``, applying the ``on_failure``
+    policy to rewards that failed as a whole (after the client's own retries).
+
+    ``fail`` raises :class:`RewardFailure` naming each failed reward and why; ``wait``
+    rescores the failed (micro-batch, reward) pairs together every ``WAIT_POLL_S`` until they
+    answer, or raises once ``wait_timeout_s`` has passed. A failed reward never gets a score.
+    """
+    matrices = [future.result() for future, _, _ in pending]
+    if tally is not None:
+        for matrix in matrices:
+            tally.add_attempts(matrix)
     deadline = time.monotonic() + cfg.wait_timeout_s
-    while matrix.failures:
-        detail = "; ".join(f"{r}: {why}" for r, why in matrix.failures.items())
-        if cfg.on_failure == "fail" or time.monotonic() > deadline:
+    while failing := [i for i, matrix in enumerate(matrices) if matrix.failures]:
+        reasons = {r: why for i in failing for r, why in matrices[i].failures.items()}
+        detail = "; ".join(f"{r}: {why}" for r, why in reasons.items())
+        if cfg.on_failure == "fail":
             raise RewardFailure(f"reward services failed after retries ({detail})")
+        if time.monotonic() > deadline:
+            raise RewardFailure(
+                f"reward services still failing after waiting {cfg.wait_timeout_s:g} s "
+                f"(reward_service.wait_timeout_s) ({detail})"
+            )
         logger.warning("waiting for reward services (%s)", detail)
-        time.sleep(5.0)
-        retry = client.score(images, prompts, list(matrix.failures))
-        for k, name in enumerate(retry.rewards):
-            if name not in retry.failures:
-                matrix.scores[rewards.index(name)] = retry.scores[k]
-        matrix.failures = retry.failures
-    return matrix
+        if tally is not None:
+            for name in reasons:
+                tally.waits[rewards.index(name)] += 1
+        time.sleep(WAIT_POLL_S)
+        retries = {
+            i: client.submit(pending[i][1], pending[i][2], list(matrices[i].failures))
+            for i in failing
+        }
+        for i, future in retries.items():
+            retry = future.result()
+            if tally is not None:
+                tally.add_attempts(retry)
+            for k, name in enumerate(retry.rewards):
+                if name not in retry.failures:
+                    matrices[i].scores[rewards.index(name)] = retry.scores[k]
+            matrices[i].failures = retry.failures
+    return matrices
 
 
 def sample_and_score(
@@ -136,7 +180,8 @@ def sample_and_score(
         parts.append(rollout.to("cpu"))
         embeds_parts.append(embeds.to("cpu"))
     sampled = time.perf_counter()
-    matrices = [wait_for_scores(client, f, im, pr, rewards, service) for f, im, pr in pending]
+    tally = ScoringTally(rewards)
+    matrices = wait_for_scores(client, pending, rewards, service, tally)
     scored = time.perf_counter()
     return EpochSamples(
         rollout=Rollout.cat(parts),
@@ -147,6 +192,7 @@ def sample_and_score(
         time_sampling_s=sampled - start,
         time_scoring_s=scored - sampled,
         time_scoring_total_s=sum(m.elapsed_s for m in matrices),
+        tally=tally,
     )
 
 

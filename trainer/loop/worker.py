@@ -71,11 +71,21 @@ class WorkerLoop:
     # --- checkpoints ----------------------------------------------------------------------
 
     def restore(self) -> None:
-        """Continue from Ray Train's checkpoint (a restarted run) or ``checkpoint.resume_from``."""
+        """Continue from the newest checkpoint of this run, else ``checkpoint.resume_from``.
+
+        A worker group restarted by Ray Train (``scaling.max_failures``) takes the newest
+        checkpoint written in this job, which the coordinator remembers: Ray Train registers
+        a reported checkpoint only when its controller next polls the workers, so after a
+        crash right after a report ``ray.train.get_checkpoint()`` may hold an older one, or
+        none. A group restarted before the first checkpoint starts over, coordinator too.
+        """
+        import ray
         import ray.train
 
-        found = ray.train.get_checkpoint()
-        if found is not None:
+        written = ray.get(self.coordinator.last_checkpoint.remote())
+        if self._on_every_rank(written is not None and ckpt_io.is_complete(written)):
+            self._load(ckpt_io.load_checkpoint(written))
+        elif (found := ray.train.get_checkpoint()) is not None:
             with found.as_directory() as directory:
                 self._load(ckpt_io.load_checkpoint(directory))
         elif self.cfg.checkpoint.resume_from:
@@ -84,8 +94,18 @@ class WorkerLoop:
             if path is None:
                 raise FileNotFoundError(f"checkpoint.resume_from=latest: none in {self.ckpt_root}")
             self._load(ckpt_io.load_checkpoint(path))
+        elif self.rank == 0 and ray.get(self.coordinator.ping.remote()) > 0:
+            ray.get(self.coordinator.load_state_dict.remote(None))
         if self.world > 1:
             torch.distributed.barrier()  # the coordinator is restored before anyone exchanges
+
+    def _on_every_rank(self, flag: bool) -> bool:
+        """True only if ``flag`` holds on every worker (so that all load the same checkpoint)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([int(flag)], device=self.pipe.transformer.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+        return bool(value.item())
 
     def _load(self, ckpt: ckpt_io.TrainerCheckpoint) -> None:
         import ray
@@ -134,6 +154,7 @@ class WorkerLoop:
                 ),
                 keep=self.cfg.checkpoint.keep,
             )
+            ray.get(self.coordinator.checkpoint_written.remote(str(path)))
         checkpoint = ray.train.Checkpoint.from_directory(str(path)) if path else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -186,10 +207,14 @@ class WorkerLoop:
             optimizer_step_offset=self.optimizer_steps,
         )
         self.optimizer_steps += cfg.training.optimizer_steps_per_epoch
+        tally = np.stack([data.tally.retries, data.tally.waits])
+        retries, waits = self._sum_over_workers(tally, device)
         done = time.perf_counter()
         return {
             "epoch": epoch,
             **vars(stats),
+            "reward_retries": retries,
+            "reward_waits": waits,
             "time_sampling_s": data.time_sampling_s,
             "time_scoring_s": data.time_scoring_s,
             "time_scoring_total_s": data.time_scoring_total_s,
@@ -197,6 +222,14 @@ class WorkerLoop:
             "time_update_s": done - balanced,
             "time_epoch_s": done - start,
         }
+
+    def _sum_over_workers(self, values: np.ndarray, device) -> list[list[int]]:
+        """Element-wise sum of an int array over every worker (every rank must call it)."""
+        if self.world > 1:
+            summed = torch.as_tensor(values, dtype=torch.int64, device=device)
+            torch.distributed.all_reduce(summed)
+            values = summed.cpu().numpy()
+        return np.asarray(values).astype(int).tolist()
 
     def evaluate(self, step: int) -> None:
         """Rank 0: ODE samples of the eval prompts (EMA weights when kept), scored and logged."""
