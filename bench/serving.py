@@ -5,8 +5,10 @@ What it measures, on one local Ray with one replica per deployment:
 1. **Throughput at batch 32** of a *realistic* scorer: the ``clipscore`` reward's tiny variant
    sized like a CLIP ViT-B/32 vision tower (``REALISTIC_TINY``; ~1.3 s per batch of 32 on a
    2-core CPU), called in-process, through ``RewardClient.in_cluster()`` (Serve handles),
-   ``over_http`` and ``over_grpc``, plus HTTP and gRPC calls whose PNGs are encoded once up
-   front (what the client's encoding costs). Images are 512x512 (Flow-GRPO's SD3.5 size),
+   ``over_http`` and ``over_grpc`` with raw pixels (the clients' default; over HTTP in a
+   protobuf body, the default, and in the JSON body with base64), and with PNG files
+   (``image_format="png"``, encoded by the client per call; JSON body over HTTP). Images are 512x512 (Flow-GRPO's
+   SD3.5 size),
    smooth with mild noise so that PNG sizes are photo-like. Paths run in interleaved rounds;
    each reports its fastest call (timeit's convention: on a shared machine other processes
    only add time) and its median.
@@ -14,8 +16,11 @@ What it measures, on one local Ray with one replica per deployment:
    *light* scorer (the default tiny ``pickscore``) on each path, with the deployment's 10 ms
    batch wait (``max_batch_size=32``) and without it (``max_batch_size=1``).
 3. **Dynamic batching gain**: 64 concurrent single-image callers (asyncio tasks awaiting
-   deployment handles) on the light scorer with ``max_batch_size=32`` against the same
-   deployment with ``max_batch_size=1``; the full run repeats it with the realistic scorer.
+   deployment handles) with ``max_batch_size=32`` against the same deployment with
+   ``max_batch_size=1``, for two light scorers where per-call cost dominates: the tiny
+   ``pickscore`` (CPU-bound: its compute competes with Ray for the same two cores) and an
+   *accelerator-like* one (``simulated_latency``: 10 ms per call + 0.1 ms per image with the
+   host CPU free, as while a GPU computes). The full run adds the realistic scorer.
 
 Threads: torch in this process and in the realistic replica both use ``--threads`` (default:
 the machine's cores); the replica gets it through ``runtime_env.env_vars.OMP_NUM_THREADS``
@@ -36,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import platform
@@ -59,6 +63,7 @@ REALISTIC_TINY = dict(
 )  # ViT-B/32 widths (the tiny CLIP's MLP is 2x wide, not 4x); 48-wide 12-layer text tower
 REALISTIC_PARAMS = {"variant": "tiny", "batch_size": 32, "tiny": REALISTIC_TINY}
 TARGETS = {"handle": 0.95, "http": 0.85, "grpc": 0.90, "batching": 4.0}
+ACCELERATOR_LIKE = {"per_call_ms": 10.0, "per_image_ms": 0.1}
 PROMPT = 'a photo of a sign that says "hello"'
 
 
@@ -72,9 +77,12 @@ def deployments(args: argparse.Namespace) -> list[dict]:
         "max_batch_size": 32,
     }
     light = {"reward": "pickscore", "params": {"variant": "tiny"}, "num_cpus": 0.5}
+    accel = {"reward": "simulated_latency", "params": ACCELERATOR_LIKE, "num_cpus": 0.5}
     deps = [
         {**light, "name": "light", "max_batch_size": 32},
         {**light, "name": "light_unbatched", "max_batch_size": 1},
+        {**accel, "name": "accel", "max_batch_size": 32},
+        {**accel, "name": "accel_unbatched", "max_batch_size": 1},
         {**realistic, "name": "realistic"},
     ]
     if not args.quick:
@@ -148,67 +156,35 @@ def batching_gain(batched: str, unbatched: str, image, callers, per_caller, reps
 
 
 def payload_costs(images: list[np.ndarray]) -> dict[str, float]:
-    """Milliseconds per batch that only HTTP/gRPC pay: PNG encode, base64, server decode."""
-    from services.images import decode_bytes, encode_png
+    """Milliseconds per batch that only HTTP/gRPC pay, for PNG files and for raw pixels."""
+    from services.images import RawPixels, decode_bytes, decode_image, encode_png
 
     marks = [time.perf_counter()]
     pngs = [encode_png(im) for im in images]
     marks.append(time.perf_counter())
-    text = [base64.b64encode(p) for p in pngs]
-    marks.append(time.perf_counter())
     for p in pngs:
         decode_bytes(p)
+    marks.append(time.perf_counter())
+    raws = [RawPixels.of(im) for im in images]
+    marks.append(time.perf_counter())
+    texts = [RawPixels(**raw.to_json()) for raw in raws]
+    marks.append(time.perf_counter())
+    for raw in texts:
+        decode_image(raw)
     marks.append(time.perf_counter())
     ms = (1e3 * np.diff(marks)).tolist()
     return {
         "png_encode_ms": ms[0],
-        "base64_ms": ms[1],
-        "png_decode_ms": ms[2],
+        "png_decode_ms": ms[1],
         "png_kb_per_image": sum(len(p) for p in pngs) / len(pngs) / 1e3,
-        "http_body_mb": sum(len(t) for t in text) / 1e6,
+        "raw_pack_ms": ms[2],
+        "raw_base64_ms": ms[3],
+        "raw_unpack_base64_ms": ms[4],
+        "raw_kb_per_image": sum(len(r.data) for r in raws) / len(raws) / 1e3,
     }
 
 
-def ready_payload_calls(http_url: str, grpc_target: str, images, prompts, reward: str):
-    """HTTP and gRPC calls whose PNGs are encoded once, up front (diagnostic rows).
-
-    They separate the client's encoding from the rest of each path (serialization, proxy,
-    ingress, replica decode), i.e. what a client that encodes ahead or elsewhere would see.
-    """
-    import grpc
-    import httpx
-
-    from services.images import encode_png
-    from services.proto import reward_pb2 as pb
-    from services.proto import reward_pb2_grpc
-
-    pngs = [encode_png(im) for im in images]
-    body = {"images": [base64.b64encode(p).decode("ascii") for p in pngs], "prompts": prompts}
-    http = httpx.Client(base_url=http_url, timeout=120.0)
-    limit = [("grpc.max_send_message_length", 2**28), ("grpc.max_receive_message_length", 2**28)]
-    channel = grpc.insecure_channel(grpc_target, options=limit)
-    stub = reward_pb2_grpc.RewardServiceStub(channel)
-    request = pb.ScoreRequest(reward=reward, images=pngs, prompts=prompts)
-
-    def via_http():
-        reply = http.post(f"/v1/rewards/{reward}/score", json=body)
-        reply.raise_for_status()
-        if any(item["score"] is None for item in reply.json()["results"]):
-            raise RuntimeError(f"unscored images over HTTP: {reply.text[:300]}")
-
-    def via_grpc():
-        reply = stub.Score(request, timeout=120.0, metadata=[("application", APP)])
-        if any(not item.HasField("score") for item in reply.results):
-            raise RuntimeError(f"unscored images over gRPC: {reply}")
-
-    def close():
-        http.close()
-        channel.close()
-
-    return {"http, PNGs ready": via_http, "grpc, PNGs ready": via_grpc}, close
-
-
-def throughput(args, clients: dict, http_url: str, grpc_target: str) -> dict:
+def throughput(args, clients: dict) -> dict:
     """Images/s of the realistic scorer at batch 32 on every path, interleaved rounds."""
     from services.rewards.base import build_reward
 
@@ -218,14 +194,9 @@ def throughput(args, clients: dict, http_url: str, grpc_target: str) -> dict:
     prompts = [PROMPT] * 32
     calls = {"in-process": lambda: model.score(batch, prompts)}
     calls |= {path: checked(c, "realistic", batch, prompts) for path, c in clients.items()}
-    ready, close = ready_payload_calls(http_url, grpc_target, batch, prompts, "realistic")
-    calls |= ready
     iters = 2 if args.quick else args.rounds
     print(f"throughput at batch 32: {iters} rounds of {len(calls)} paths ...", flush=True)
-    try:
-        times = rounds(calls, iters)
-    finally:
-        close()
+    times = rounds(calls, iters)
     # Best of n (timeit's convention): on a shared machine other processes only ever
     # add time, so each path's fastest call is the best estimate of its own cost.
     base, base_median = min(times["in-process"]), statistics.median(times["in-process"])
@@ -254,7 +225,8 @@ def overhead(args, clients: dict) -> dict:
     small = make_images(1, 64, seed=1)
     calls = {"in-process": lambda: light.score(small, [PROMPT])}
     for dep in ("light", "light_unbatched"):
-        calls |= {(p, dep): checked(c, dep, small, [PROMPT]) for p, c in clients.items()}
+        for path in ("handle", "http", "grpc"):
+            calls[(path, dep)] = checked(clients[path], dep, small, [PROMPT])
     n = 10 if args.quick else 40
     print(f"per-call overhead: {n} batch-1 calls per path ...", flush=True)
     times = rounds(calls, n, warmup=3)
@@ -280,9 +252,16 @@ def measure(args: argparse.Namespace, http_url: str, grpc_target: str) -> dict:
         "handle": RewardClient.in_cluster(APP, timeout_s=120),
         "http": RewardClient.over_http(http_url, timeout_s=120),
         "grpc": RewardClient.over_grpc(grpc_target, app_name=APP, timeout_s=120),
+        "http, json": RewardClient.over_http(http_url, body_format="json", timeout_s=120),
+        "http, png": RewardClient.over_http(
+            http_url, image_format="png", body_format="json", timeout_s=120
+        ),
+        "grpc, png": RewardClient.over_grpc(
+            grpc_target, app_name=APP, image_format="png", timeout_s=120
+        ),
     }
     try:
-        out = throughput(args, clients, http_url, grpc_target)
+        out = throughput(args, clients)
         out |= overhead(args, clients)
     finally:
         for client in clients.values():
@@ -291,7 +270,11 @@ def measure(args: argparse.Namespace, http_url: str, grpc_target: str) -> dict:
     print("dynamic batching: 64 concurrent single-image callers ...", flush=True)
     small = make_images(1, 64, seed=1)[0]
     light = batching_gain("light", "light_unbatched", small, 64, per_caller, reps)
-    out["batching"] = {"light": {**light, "target": TARGETS["batching"]}}
+    accel = batching_gain("accel", "accel_unbatched", small, 64, per_caller, reps)
+    out["batching"] = {
+        "light, CPU": {**light, "target": TARGETS["batching"]},
+        "light, accelerator-like": {**accel, "target": TARGETS["batching"]},
+    }
     if not args.quick:
         image = make_images(1, args.image_size, seed=2)[0]
         out["batching"]["realistic"] = batching_gain(
@@ -342,6 +325,7 @@ def run(args: argparse.Namespace) -> dict:
         "image_size": args.image_size,
         "realistic_scorer": {"reward": "clipscore", **REALISTIC_PARAMS},
         "light_scorer": {"reward": "pickscore", "variant": "tiny", "image_size": 64},
+        "accelerator_like_scorer": {"reward": "simulated_latency", **ACCELERATOR_LIKE},
         "torch_threads": args.threads,
         "cpu_count": os.cpu_count(),
         "versions": f"{platform.machine()}, Python {platform.python_version()}, "
@@ -368,9 +352,10 @@ def format_report(doc: dict) -> str:
         )
     cost = doc["payload_costs_batch32"]
     lines.append(
-        f"  HTTP/gRPC payload per batch of 32: PNG encode {cost['png_encode_ms']:.0f} ms "
-        f"(client), decode {cost['png_decode_ms']:.0f} ms (replica), "
-        f"{cost['png_kb_per_image']:.0f} kB/image"
+        f"  payload per batch of 32: PNG encode {cost['png_encode_ms']:.0f} ms (client), "
+        f"decode {cost['png_decode_ms']:.0f} ms (replica), {cost['png_kb_per_image']:.0f} kB/image;"
+        f" raw pack {cost['raw_pack_ms']:.0f} + base64 {cost['raw_base64_ms']:.0f} ms, unpack "
+        f"{cost['raw_unpack_base64_ms']:.0f} ms, {cost['raw_kb_per_image']:.0f} kB/image"
     )
     lines += [
         "",
@@ -381,12 +366,12 @@ def format_report(doc: dict) -> str:
         wait = row.get("p50_wait_ms", row.get("p50_ms"))
         no_wait = row.get("p50_no_wait_ms", row.get("p50_ms"))
         lines.append(f"{path:<14}{wait:>9.1f}{no_wait:>9.1f}{row['overhead_ms']:>10.1f}")
-    lines += ["", f"{'batching (64 callers)':<24}{'batched':>9}{'bs=1':>9}{'gain':>7}  ok"]
+    lines += ["", f"{'batching (64 callers)':<34}{'batched':>9}{'bs=1':>9}{'gain':>7}  ok"]
     for name, row in doc["batching"].items():
         target = row.get("target")
         ok = "-" if target is None else ("PASS" if row["gain"] >= target else "FAIL")
         lines.append(
-            f"{name + ' img/s':<24}{row['batched_images_per_s']:>9.1f}"
+            f"{name + ' img/s':<34}{row['batched_images_per_s']:>9.1f}"
             f"{row['unbatched_images_per_s']:>9.1f}{row['gain']:>7.2f}  {ok}"
         )
     s = doc["settings"]

@@ -84,11 +84,16 @@ class RewardClient:
 
     @classmethod
     def over_http(
-        cls, url: str, token: str | None = None, image_format: str = "raw", **kwargs
+        cls,
+        url: str,
+        token: str | None = None,
+        image_format: str = "raw",
+        body_format: str = "protobuf",
+        **kwargs,
     ) -> RewardClient:
         """Client over the HTTP ingress, e.g. ``http://127.0.0.1:8000``; images travel as
-        ``raw`` pixels (default) or ``png`` files."""
-        return cls(HttpTransport(url, token, image_format), **kwargs)
+        ``raw`` pixels (default) or ``png`` files, in a ``protobuf`` (default) or ``json`` body."""
+        return cls(HttpTransport(url, token, image_format, body_format), **kwargs)
 
     @classmethod
     def over_grpc(

@@ -24,6 +24,7 @@ A request carries ``images`` (encoded files) or ``raw_images`` (uncompressed pix
 from __future__ import annotations
 
 import base64
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -234,6 +235,22 @@ PROTO_TWINS: dict[type[BaseModel], type[Message]] = {
 }
 _MODEL_OF = {message: model for model, message in PROTO_TWINS.items()}
 BASE64_FIELDS = frozenset({"images", "data"})  # base64 str over HTTP, bytes in the proto
+
+
+def raw_request_json(raw_images: Sequence[RawPixels], prompts: Sequence[str] | None) -> bytes:
+    """The JSON body of a ``ScoreRequest`` carrying ``raw_images``, built directly as bytes.
+
+    ``json.dumps`` scans every character of its strings for escaping, which costs ~3 ms per
+    MB; base64 needs no escaping, so the image data is spliced in as is (a 512x512 batch of
+    32 is a 34 MB body: ~100 ms saved on the client per call).
+    """
+    items = []
+    for raw in raw_images:
+        data = raw.data if isinstance(raw.data, str) else base64.b64encode(raw.data).decode()
+        head = f'{{"height":{int(raw.height)},"width":{int(raw.width)},'
+        items.append(f'{head}"channels":{int(raw.channels)},"data":"{data}"}}')
+    tail = json.dumps(list(prompts) if prompts is not None else None)
+    return f'{{"raw_images":[{",".join(items)}],"prompts":{tail}}}'.encode("ascii")
 
 
 def request_images(request: _ImageBatch | pb.ScoreRequest | pb.ScoreManyRequest) -> list[Any]:

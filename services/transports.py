@@ -6,11 +6,14 @@ returns one :class:`~services.protocol.ItemResult` per image or raises a typed
 
 HTTP and gRPC send images as ``raw`` pixels by default: lossless, and free of the PNG encode
 (client) and decode (server) that cost more than a CLIP forward pass on a CPU. ``png`` sends
-files about 40% smaller for photo-like images, for links where bandwidth is the limit.
+files about 40% smaller for photo-like images, for links where bandwidth is the limit. Over
+HTTP the body is the proto message by default (``application/x-protobuf``: no base64, no JSON
+scan); ``body_format="json"`` sends the documented JSON with base64 images.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
@@ -18,7 +21,7 @@ import numpy as np
 
 from services.errors import from_grpc, from_http, from_ray_error
 from services.images import RawPixels, encode_base64_png, encode_png
-from services.protocol import ItemResult, ScoreResponse, from_proto
+from services.protocol import ItemResult, ScoreResponse, from_proto, raw_request_json
 
 ImageFormat = Literal["raw", "png"]
 IMAGE_FORMATS: tuple[str, ...] = ("raw", "png")
@@ -28,6 +31,26 @@ def _check_format(image_format: str) -> str:
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     return image_format
+
+
+BodyFormat = Literal["protobuf", "json"]
+BODY_FORMATS: tuple[str, ...] = ("protobuf", "json")
+
+
+def _proto_request(reward: str, images, prompts, image_format: str):
+    """A ``reward.v1.ScoreRequest`` of uint8 arrays, as raw pixels or PNG files."""
+    from services.proto import reward_pb2 as pb
+
+    request = pb.ScoreRequest(reward=reward, prompts=prompts or [])
+    if image_format == "raw":
+        for img in images:
+            raw = RawPixels.of(img)
+            request.raw_images.add(
+                height=raw.height, width=raw.width, channels=raw.channels, data=raw.data
+            )
+    else:
+        request.images.extend(encode_png(img) for img in images)
+    return request
 
 
 class Transport(Protocol):
@@ -77,27 +100,50 @@ class HandleTransport:
 
 
 class HttpTransport:
-    """From outside the cluster over the FastAPI ingress (images as raw pixels or PNG, base64)."""
+    """From outside the cluster over the FastAPI ingress.
 
-    def __init__(self, url: str, token: str | None = None, image_format: ImageFormat = "raw"):
+    The body is the proto message (``application/x-protobuf``, the default: no base64) or
+    JSON (``body_format="json"``, base64 images); images are raw pixels or PNG files either way.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        image_format: ImageFormat = "raw",
+        body_format: BodyFormat = "protobuf",
+    ):
         import httpx
 
         self.image_format = _check_format(image_format)
+        if body_format not in BODY_FORMATS:
+            raise ValueError(f"body_format must be one of {BODY_FORMATS}, got {body_format!r}")
+        self.body_format = body_format
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(base_url=url.rstrip("/"), headers=headers)
+
+    def _body(self, reward: str, images, prompts) -> tuple[bytes, str]:
+        if self.body_format == "protobuf":
+            message = _proto_request(reward, images, prompts, self.image_format)
+            return message.SerializeToString(), "application/x-protobuf"
+        if self.image_format == "raw":
+            content = raw_request_json([RawPixels.of(img) for img in images], prompts)
+        else:
+            body = {"images": [encode_base64_png(img) for img in images], "prompts": prompts}
+            content = json.dumps(body).encode("ascii")
+        return content, "application/json"
 
     def score(self, reward, images, prompts, timeout_s) -> list[ItemResult]:
         """``POST /v1/rewards/{reward}/score``."""
         import httpx
 
-        if self.image_format == "raw":
-            body = {"raw_images": [RawPixels.of(img).to_json() for img in images]}
-        else:
-            body = {"images": [encode_base64_png(img) for img in images]}
-        body["prompts"] = prompts
+        content, kind = self._body(reward, images, prompts)
         try:
             response = self._client.post(
-                f"/v1/rewards/{reward}/score", json=body, timeout=timeout_s
+                f"/v1/rewards/{reward}/score",
+                content=content,
+                headers={"content-type": kind},
+                timeout=timeout_s,
             )
         except httpx.TimeoutException as exc:
             raise from_ray_error(TimeoutError(str(exc))) from exc
@@ -146,17 +192,7 @@ class GrpcTransport:
         """``RewardService.Score``."""
         import grpc
 
-        from services.proto import reward_pb2 as pb
-
-        request = pb.ScoreRequest(reward=reward, prompts=prompts or [])
-        if self.image_format == "raw":
-            for img in images:
-                raw = RawPixels.of(img)
-                request.raw_images.add(
-                    height=raw.height, width=raw.width, channels=raw.channels, data=raw.data
-                )
-        else:
-            request.images.extend(encode_png(img) for img in images)
+        request = _proto_request(reward, images, prompts, self.image_format)
         try:
             reply = self._stub.Score(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:

@@ -22,6 +22,7 @@ from services.errors import (
     from_validation_error,
     to_http,
 )
+from services.proto import reward_pb2 as pb
 from services.protocol import (
     ErrorResponse,
     HealthResponse,
@@ -33,6 +34,7 @@ from services.protocol import (
     request_images,
 )
 from services.serving.auth import check_bearer
+from services.serving.bodies import install_openapi, read_score_body, score_body_openapi
 from services.serving.router import RewardRouter
 
 logger = logging.getLogger(__name__)
@@ -149,14 +151,33 @@ def build_http_app(router: RewardRouter, token: str | None, max_body_bytes: int)
         """The served rewards: names, configs, whether they need prompts, readiness."""
         return await router.list_rewards()
 
-    @app.post("/v1/rewards/{name}/score", response_model=ScoreResponse, responses=_ERRORS)
-    async def score(name: str, request: ScoreRequest) -> ScoreResponse:
-        """Score a batch of images with one reward."""
-        return await router.score(name, request_images(request), request.prompts)
+    @app.post(
+        "/v1/rewards/{name}/score",
+        response_model=ScoreResponse,
+        responses=_ERRORS,
+        openapi_extra=score_body_openapi(ScoreRequest, pb.ScoreRequest),
+    )
+    async def score(name: str, http_request: Request) -> ScoreResponse:
+        """Score a batch of images with one reward (JSON or protobuf body)."""
+        request = await read_score_body(http_request, ScoreRequest, pb.ScoreRequest)
+        return await router.score(name, request_images(request), _prompts(request))
 
-    @app.post("/v1/score", response_model=ScoreManyResponse, responses=_ERRORS)
-    async def score_many(request: ScoreManyRequest) -> ScoreManyResponse:
-        """Score the same images with several rewards in one call."""
-        return await router.score_many(request.rewards, request_images(request), request.prompts)
+    @app.post(
+        "/v1/score",
+        response_model=ScoreManyResponse,
+        responses=_ERRORS,
+        openapi_extra=score_body_openapi(ScoreManyRequest, pb.ScoreManyRequest),
+    )
+    async def score_many(http_request: Request) -> ScoreManyResponse:
+        """Score the same images with several rewards in one call (JSON or protobuf body)."""
+        request = await read_score_body(http_request, ScoreManyRequest, pb.ScoreManyRequest)
+        rewards = list(request.rewards)
+        return await router.score_many(rewards, request_images(request), _prompts(request))
 
+    install_openapi(app, [ScoreRequest, ScoreManyRequest])
     return app
+
+
+def _prompts(request) -> list[str] | None:
+    """The prompts of a pydantic or proto request; ``None`` when there are none."""
+    return list(request.prompts) if request.prompts else None

@@ -143,7 +143,9 @@ def test_scoring_real_and_broken_files_conforms_to_the_schema(
     @given(request=_image_batch(reward_names, many=label == SCORE_MANY))
     def fuzz(request):
         path_parameters, body = request
-        case = operation.Case(path_parameters=path_parameters, body=body)
+        case = operation.Case(
+            path_parameters=path_parameters, body=body, media_type="application/json"
+        )
         response = case.call_and_validate(session=session, timeout=REQUEST_TIMEOUT_S)
         if response.status_code == 200 and label == SCORE:
             assert len(response.json()["results"]) == len(body["images"])

@@ -163,6 +163,23 @@ def _png_score(reward_app) -> float:
     return reply.json()["results"][0]["score"]
 
 
+def test_http_protobuf_bodies_are_checked_like_grpc_calls(reward_app):
+    url = f"{reward_app.http_url}/v1/rewards/aesthetic/score"
+    proto = {"content-type": "application/x-protobuf"}
+    garbage = httpx.post(url, content=b"\xff\xff\xff", headers=proto, timeout=60)
+    assert garbage.status_code == 422, garbage.text
+    assert "not a valid reward.v1.ScoreRequest" in garbage.json()["error"]["message"]
+    empty = httpx.post(url, content=b"", headers=proto, timeout=60)
+    assert empty.status_code == 422 and "at least one image" in empty.json()["error"]["message"]
+    other = httpx.post(url, content=b"x", headers={"content-type": "text/plain"}, timeout=60)
+    assert other.status_code == 422 and "application/x-protobuf" in other.text
+    bad_item = pb.ScoreRequest(images=[b"garbage", encode_png(GOOD)])
+    reply = httpx.post(url, content=bad_item.SerializeToString(), headers=proto, timeout=60)
+    results = reply.json()["results"]
+    assert results[0]["score"] is None and results[0]["error"]
+    assert results[1]["score"] == pytest.approx(_png_score(reward_app))
+
+
 def test_http_rejects_malformed_json_and_oversized_body(reward_app):
     url = f"{reward_app.http_url}/v1/rewards/aesthetic/score"
     broken = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})

@@ -1,6 +1,7 @@
 """Handles, HTTP and gRPC reach the same scoring code and return the in-process numbers.
 
-HTTP and gRPC are checked with both image forms: raw pixels (the clients' default) and PNG.
+HTTP and gRPC are checked with both image forms, raw pixels (the clients' default) and PNG, and
+HTTP with both bodies, protobuf (the client's default) and JSON.
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ def clients(reward_app):
         "handle": RewardClient.in_cluster(reward_app.app_name),
         "http": RewardClient.over_http(reward_app.http_url),
         "grpc": RewardClient.over_grpc(reward_app.grpc_target),
-        "http-png": RewardClient.over_http(reward_app.http_url, image_format="png"),
+        "http-json": RewardClient.over_http(reward_app.http_url, body_format="json"),
+        "http-png": RewardClient.over_http(
+            reward_app.http_url, image_format="png", body_format="json"
+        ),
+        "http-proto-png": RewardClient.over_http(reward_app.http_url, image_format="png"),
         "grpc-png": RewardClient.over_grpc(reward_app.grpc_target, image_format="png"),
     }
     yield made
@@ -56,7 +61,10 @@ def clients(reward_app):
         client.close()
 
 
-@pytest.mark.parametrize("path", ["handle", "http", "grpc", "http-png", "grpc-png"])
+PATHS = ["handle", "http", "grpc", "http-json", "http-png", "http-proto-png", "grpc-png"]
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_every_path_returns_the_in_process_scores(clients, in_process_scores, path):
     matrix = clients[path].score(_images(), PROMPTS, REWARDS)
     assert matrix.failures == {}

@@ -122,3 +122,15 @@ def test_raw_round_trip_property(height, width, channels, seed):
     raw = RawPixels.of(array)
     assert np.array_equal(decode_image(raw), decode_image(array))
     assert np.array_equal(decode_image(RawPixels(**raw.to_json())), decode_image(array))
+
+
+@pytest.mark.parametrize("prompts", [None, ['a "quoted" prompt', "ünï\\code\n"]])
+def test_raw_request_json_is_the_json_of_the_same_request(prompts):
+    import json
+
+    from services.protocol import raw_request_json
+
+    raws = [RawPixels.of(RGB), RawPixels.of(RGB[:, :, :1])]
+    body = raw_request_json(raws, prompts)
+    expected = ScoreRequest(raw_images=[r.to_json() for r in raws], prompts=prompts)
+    assert ScoreRequest.model_validate(json.loads(body)) == expected
