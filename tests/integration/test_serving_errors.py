@@ -6,44 +6,22 @@ Also: a killed replica is replaced by Serve and the client's retry succeeds.
 from __future__ import annotations
 
 import base64
-import io
-import struct
-import zlib
 
 import grpc
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from services.client import RetryPolicy, RewardClient
 from services.images import RawPixels, encode_base64_png, encode_png
 from services.proto import reward_pb2 as pb
 from services.proto import reward_pb2_grpc
 from tests.integration.conftest import MAX_BODY_BYTES
+from tests.integration.hostile_inputs import noisy_png, png_declaring, truncated
 
 pytestmark = pytest.mark.integration
 
 GOOD = np.full((24, 24, 3), 90, dtype=np.uint8)
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares a huge image (a decompression bomb's signature)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    body = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    idat = zlib.compress(b"\x00" * 64)
-    crc = struct.pack(">I", zlib.crc32(b"IDAT" + idat))
-    body += struct.pack(">I", len(idat)) + b"IDAT" + idat + crc
-    return b"\x89PNG\r\n\x1a\n" + body
-
-
-def _truncated_png() -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
-        buffer, "PNG"
-    )
-    return buffer.getvalue()[:300]
 
 
 def _b64(data: bytes) -> str:
@@ -105,8 +83,8 @@ HTTP_CASES = [
 ITEM_CASES = [
     ("not base64", "%%%not base64%%%", "base64"),
     ("not an image", _b64(b"hello, I am text"), "not a recognized image"),
-    ("truncated", _b64(_truncated_png()), "truncated"),
-    ("decompression bomb", _b64(_png_header_only(60000, 60000)), "pixels"),
+    ("truncated", _b64(truncated(noisy_png())), "truncated"),
+    ("decompression bomb", _b64(png_declaring(60000, 60000)), "pixels"),
 ]
 
 
