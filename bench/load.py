@@ -59,7 +59,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # runnable as a script from anywhere
     sys.path.insert(0, str(_ROOT))
 
-from bench.common import free_port, make_images  # noqa: E402
+from bench.common import free_port, local_reward_app, make_images  # noqa: E402
 from bench.load_report import (  # noqa: E402
     PhaseStats,
     classify_grpc_status,
@@ -420,31 +420,15 @@ def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     import ray
-    from ray import serve
-
-    import services.serving.app as serving_app
 
     http_port, grpc_port = free_port(), free_port()
     config = services_config(http_port, grpc_port, args.timeout_s, args.serve_metric_defaults)
     started = time.perf_counter()
     load_before = os.getloadavg()
-    ray.init(
-        address="local",
-        num_cpus=8,
-        include_dashboard=False,
-        _temp_dir=args.ray_temp_dir,
-        log_to_driver=False,
-    )
-    try:
-        serving_app.deploy(config)
-        up_s = time.perf_counter() - started
-        print(f"app up in {up_s:.1f} s", flush=True)
+    with local_reward_app(config, args.ray_temp_dir) as up_s:
         results = asyncio.run(
             measure(args, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
         )
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     settings = {
         "quick": args.quick,
         "clients": args.clients,

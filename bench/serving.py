@@ -7,11 +7,10 @@ What it measures, on one local Ray with one replica per deployment:
    2-core CPU), called in-process, through ``RewardClient.in_cluster()`` (Serve handles),
    ``over_http`` and ``over_grpc`` with raw pixels (the clients' default; over HTTP in a
    protobuf body, the default, and in the JSON body with base64), and with PNG files
-   (``image_format="png"``, encoded by the client per call; JSON body over HTTP). Images are 512x512 (Flow-GRPO's
-   SD3.5 size),
-   smooth with mild noise so that PNG sizes are photo-like. Paths run in interleaved rounds;
-   each reports its fastest call (timeit's convention: on a shared machine other processes
-   only add time) and its median.
+   (``image_format="png"``, encoded by the client per call; JSON body over HTTP). Images are
+   512x512 (Flow-GRPO's SD3.5 size), smooth with mild noise so that PNG sizes are
+   photo-like. Paths run in interleaved rounds; each reports its fastest call (timeit's
+   convention: on a shared machine other processes only add time) and its median.
 2. **Fixed per-call overhead**: the median latency of a batch-1 call (one 64x64 image) to a
    *light* scorer (the default tiny ``pickscore``) on each path, with the deployment's 10 ms
    batch wait (``max_batch_size=32``) and without it (``max_batch_size=1``).
@@ -55,7 +54,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # runnable as a script from anywhere
     sys.path.insert(0, str(_ROOT))
 
-from bench.common import free_port, make_images  # noqa: E402
+from bench.common import free_port, local_reward_app, make_images  # noqa: E402
 
 APP = "bench_rewards"
 REALISTIC_TINY = dict(
@@ -288,10 +287,8 @@ def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     import torch
-    from ray import serve
 
     from services.config import load_services_config
-    from services.serving.app import deploy
 
     torch.set_num_threads(args.threads)
     http_port, grpc_port = free_port(), free_port()
@@ -304,21 +301,8 @@ def run(args: argparse.Namespace) -> dict:
     )
     started = time.perf_counter()
     load_before = os.getloadavg()
-    ray.init(
-        address="local",
-        num_cpus=8,
-        include_dashboard=False,
-        _temp_dir=args.ray_temp_dir,
-        log_to_driver=False,
-    )
-    try:
-        deploy(config)
-        up_s = time.perf_counter() - started
-        print(f"app up in {up_s:.1f} s", flush=True)
+    with local_reward_app(config, args.ray_temp_dir) as up_s:
         results = measure(args, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     settings = {
         "quick": args.quick,
         "rounds": 2 if args.quick else args.rounds,

@@ -278,8 +278,8 @@ class RawPixels:
 
     @classmethod
     def of(cls, array: np.ndarray) -> RawPixels:
-        """The raw payload of a uint8 array ([H, W] or [H, W, C], C in 1, 3, 4); no copy if
-        it is already C-contiguous."""
+        """The raw payload of a uint8 array ([H, W] or [H, W, C], C in 1, 3, 4): its bytes,
+        row-major (one copy)."""
         _check_array(array, 0)
         if array.ndim == 2:
             array = array[:, :, None]

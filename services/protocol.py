@@ -246,9 +246,9 @@ def raw_request_json(raw_images: Sequence[RawPixels], prompts: Sequence[str] | N
     """
     items = []
     for raw in raw_images:
-        data = raw.data if isinstance(raw.data, str) else base64.b64encode(raw.data).decode()
-        head = f'{{"height":{int(raw.height)},"width":{int(raw.width)},'
-        items.append(f'{head}"channels":{int(raw.channels)},"data":"{data}"}}')
+        d = raw.to_json()
+        head = f'{{"height":{int(d["height"])},"width":{int(d["width"])},'
+        items.append(f'{head}"channels":{int(d["channels"])},"data":"{d["data"]}"}}')
     tail = json.dumps(list(prompts) if prompts is not None else None)
     return f'{{"raw_images":[{",".join(items)}],"prompts":{tail}}}'.encode("ascii")
 
