@@ -13,13 +13,14 @@ SERVE_CONFIG ?= deploy/serve/local.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-unit test-integration lint format train serve monitor bench proto clean docker
+.PHONY: help setup test test-unit test-integration lint format train pretrain serve monitor bench proto clean docker
 
 help:
 	@echo "make setup   create $(VENV) and install the project (no-op when nothing changed)"
 	@echo "make test    run the test suite"
 	@echo "make lint    run ruff"
 	@echo "make train   run the main training job (CONFIG=$(CONFIG), ARGS=key=value ...)"
+	@echo "make pretrain fit the small model make train aligns (models/shapes-sd3; ARGS=key=value ...)"
 	@echo "make serve   start the reward services locally"
 	@echo "make monitor Prometheus (+ Grafana if installed) on a local train/serve's metrics"
 	@echo "make bench   run the benchmarks under bench/"
@@ -53,6 +54,9 @@ format: setup
 
 train: setup
 	$(PY) -m trainer.main $(CONFIG) $(ARGS)
+
+pretrain: setup
+	$(PY) -m trainer.pretrain $(ARGS)
 
 serve: setup
 	$(PY) -m services.serve $(SERVE_CONFIG)

@@ -45,7 +45,7 @@ def run(epochs: int, overrides: list[str]) -> list[dict]:
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench_train_"))
     cfg = load_config(
-        ROOT / "deploy" / "configs" / "local.yaml",
+        ROOT / "deploy" / "configs" / "local-random.yaml",
         [
             f"training.epochs={epochs}",
             f"logging.run_dir={run_dir}",

@@ -51,7 +51,14 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     checkpoint = cfg.checkpoint
     if checkpoint.dir:
         checkpoint = checkpoint.model_copy(update={"dir": str(Path(checkpoint.dir).resolve())})
-    return cfg.model_copy(update={"data": data, "logging": logging_cfg, "checkpoint": checkpoint})
+    model = cfg.model
+    if model.kind == "pretrained" and Path(model.pretrained).expanduser().exists():
+        # a local model folder; a Hugging Face id stays as it is
+        local = str(Path(model.pretrained).expanduser().resolve())
+        model = model.model_copy(update={"pretrained": local})
+    return cfg.model_copy(
+        update={"data": data, "logging": logging_cfg, "checkpoint": checkpoint, "model": model}
+    )
 
 
 def run_folder(cfg: TrainConfig) -> RunFolder:

@@ -28,7 +28,9 @@ def plot_run(run_dir: str | Path, objective_names: Sequence[str]) -> list[Path]:
     """Write the plots of ``run_dir/metrics.jsonl`` into ``run_dir/plots``; return their paths.
 
     ``rewards.png``: train reward mean per objective with a +-std band; ``weights.png``: the
-    lambda of every objective; ``priorities.png``: the three P3 terms; ``training.png``: loss,
+    lambda of every objective; ``steering.png``: each objective's correlation with the
+    advantage (variance hijacking shows as one line near 1); ``priorities.png``: the three
+    P3 terms; ``training.png``: loss,
     KL, clip fraction, grad norm; ``timing.png``: the ``time_*_s`` phases; ``eval.png``: the
     eval reward mean per objective; ``eval_gains.png``: effect-size gains, hypervolume and
     worst gain over the evals. Each is written only when its keys exist.
@@ -44,6 +46,7 @@ def plot_run(run_dir: str | Path, objective_names: Sequence[str]) -> list[Path]:
     figures = {
         "rewards.png": _per_objective(train, names, "reward_mean", "reward_std", "train reward"),
         "weights.png": _weights(train, names),
+        "steering.png": _steering(train, names),
         "priorities.png": _priorities(train, names),
         "training.png": _scalars(train, [k for k in TRAINING_SCALARS if _has(train, k)]),
         "timing.png": _timing(train),
@@ -114,15 +117,25 @@ def _per_objective(records, names, key, std_key, title, marker=None) -> Figure |
 
 
 def _weights(records, names) -> Figure | None:
-    if not _has(records, "weights"):
+    return _one_panel(records, names, "weights", "objective weights (lambda)", "lambda", (0, None))
+
+
+def _steering(records, names) -> Figure | None:
+    title = "which objectives steer the advantage"
+    ylabel = "corr(advantage, in-group reward deviation)"
+    return _one_panel(records, names, "advantage_correlation", title, ylabel, (-1, 1))
+
+
+def _one_panel(records, names, key, title, ylabel, ylim) -> Figure | None:
+    if not _has(records, key):
         return None
-    lam = _matrix(records, "weights", len(names))
-    fig, (ax,) = _grid(1, "objective weights (lambda)")
+    values = _matrix(records, key, len(names))
+    fig, (ax,) = _grid(1, title)
     for i, name in enumerate(names):
-        ax.plot(_steps(records), lam[:, i], color=_color(i), label=name)
+        ax.plot(_steps(records), values[:, i], color=_color(i), label=name)
     ax.set_xlabel("step")
-    ax.set_ylabel("lambda")
-    ax.set_ylim(bottom=0)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     return fig

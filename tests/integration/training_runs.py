@@ -36,7 +36,7 @@ def training_config(run_dir: Path, *overrides: str):
         "scaling.num_workers=1",
         "scaling.cpu_threads=1",
     ]
-    cfg = load_config(ROOT / "deploy" / "configs" / "local.yaml", [*base, *overrides])
+    cfg = load_config(ROOT / "deploy" / "configs" / "local-random.yaml", [*base, *overrides])
     return absolute_paths(cfg)
 
 

@@ -260,3 +260,17 @@ def test_info_holds_every_term_per_objective():
         assert np.shape(info[key]) == (3,), key
     assert np.shape(info["conflict_matrix"]) == (3, 3)
     assert {"advantage_mean", "advantage_std", "advantage_clip_fraction"} <= set(info)
+
+
+def test_advantage_correlation_shows_variance_hijacking_under_static_only():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(64), 8)
+    rewards = rng.normal(size=(3, 512))  # independent objectives: |corr| ~ 0.04 by chance
+    rewards[0] *= 1000.0  # the widest spread, e.g. JPEG size in bytes next to 0-1 scores
+    static = make_balancer("static", 3).step(rewards, groups)[2]["advantage_correlation"]
+    dsan = make_balancer("dsan", 3).step(rewards, groups)[2]["advantage_correlation"]
+    assert static[0] > 0.99 and np.all(np.abs(static[1:]) < 0.15)
+    assert np.all(dsan > 0.3)  # each objective steers the normalized sum
+    flat = rewards.copy()
+    flat[2] = 1.0  # no spread at all: no correlation to report
+    assert np.isnan(make_balancer("dsan", 3).step(flat, groups)[2]["advantage_correlation"][2])

@@ -23,7 +23,9 @@ from trainer.core.balance import BALANCER_NAMES, make_balancer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "deploy" / "configs").glob("*.yaml"))
-LOCAL = ROOT / "deploy" / "configs" / "local.yaml"
+# the random-weight config: the loader's tests use it as their base (its numbers are fixed)
+LOCAL = ROOT / "deploy" / "configs" / "local-random.yaml"
+SMALL_MODEL = ROOT / "deploy" / "configs" / "local.yaml"  # what make train runs
 PAPER = ROOT / "deploy" / "configs" / "sd35m-apex.yaml"
 
 
@@ -37,7 +39,7 @@ def error_of(path=None, overrides=()) -> str:
 
 
 def test_both_shipped_configs_exist():
-    assert LOCAL in CONFIGS and PAPER in CONFIGS
+    assert LOCAL in CONFIGS and PAPER in CONFIGS and SMALL_MODEL in CONFIGS
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -47,7 +49,25 @@ def test_every_deploy_config_loads_and_its_prompt_files_exist(path):
         assert (ROOT / prompt_file).is_file(), prompt_file
 
 
-def test_local_config_is_tiny_cpu_and_small():
+def test_local_config_aligns_the_small_model_on_cpu():
+    cfg = load_config(SMALL_MODEL)
+    assert cfg.model.kind == "pretrained" and cfg.model.pretrained == "models/shapes-sd3"
+    assert (ROOT / cfg.model.pretrained / "model_index.json").is_file()
+    assert not cfg.scaling.use_gpu
+    assert cfg.scaling.ray_address is None and cfg.scaling.num_cpus == 8
+    assert cfg.sampling.resolution == 64 and cfg.sampling.max_sequence_length == 20
+    assert [r.name for r in cfg.rewards] == [
+        "ocr",
+        "prompt_alignment",
+        "colorfulness",
+        "jpeg_compressibility",
+    ]
+    assert cfg.rewards[0].params == {"engine": "onnx", "num_threads": 1}
+    assert cfg.rewards[-1].params == {"scale_kb": 1.0}  # raw kB: the widest spread on purpose
+    assert cfg.balancer.name == "apex"
+
+
+def test_random_weight_config_is_tiny_cpu_and_small():
     cfg = load_config(LOCAL)
     assert cfg.model.kind == "tiny" and not cfg.scaling.use_gpu
     assert cfg.scaling.ray_address is None and cfg.scaling.num_cpus == 8

@@ -34,6 +34,7 @@ def _synthetic_run(folder: RunFolder, steps: int = 20, p3: bool = True) -> None:
             "reward_mean": np.array([20.0, 3.0, 5.0, 0.1]) + 0.05 * step + rng.normal(0, 0.1, k),
             "reward_std": np.abs(rng.normal(0.5, 0.1, k)),
             "weights": lam,
+            "advantage_correlation": rng.uniform(-1, 1, k),
             "loss": float(rng.normal()),
             "kl": np.float32(abs(rng.normal(0, 1e-3))),
             "clip_fraction": np.float64(rng.uniform()),
@@ -163,6 +164,7 @@ def test_plots_of_a_synthetic_run_are_valid_pngs(tmp_path):
     assert names == {
         "rewards.png",
         "weights.png",
+        "steering.png",
         "priorities.png",
         "training.png",
         "timing.png",

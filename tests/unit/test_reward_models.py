@@ -1,4 +1,4 @@
-"""Unit tests of the model-based rewards and JPEG compressibility, on tiny random-weight models.
+"""Unit tests of the model-based rewards (tiny random-weight models) and the model-free ones.
 
 Every reward builds from its config offline, scores a batch of mixed sizes with one finite
 float per image, is deterministic, and gives the same score alone as inside a batch (this
@@ -32,9 +32,28 @@ from services.rewards.deqa import (
     tokenize_with_image,
 )
 
-MINE = ["aesthetic", "clipscore", "deqa", "jpeg_compressibility", "pickscore"]
+MINE = [
+    "aesthetic",
+    "clipscore",
+    "colorfulness",
+    "deqa",
+    "jpeg_compressibility",
+    "pickscore",
+    "prompt_alignment",
+]
 MODELS = ["aesthetic", "clipscore", "deqa", "pickscore"]
 PROMPTS = ["a cat", "a red car on a long road at night", "x"]
+# prompt_alignment scores only scene captions (anything else is None)
+CAPTIONS = [
+    "a red circle on a blue background",
+    'an orange square on a white background with the word "SUN"',
+    "a black triangle on a yellow background",
+]
+
+
+def prompts_for(name: str) -> list[str]:
+    """Prompts that ``name`` can score: scene captions for prompt_alignment."""
+    return CAPTIONS if name == "prompt_alignment" else PROMPTS
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +81,17 @@ def test_all_registered():
 
 @pytest.mark.parametrize("name", MINE)
 def test_scores_one_finite_float_per_image(loaded, images, name):
-    scores = loaded[name].score(images, PROMPTS)
+    scores = loaded[name].score(images, prompts_for(name))
     assert len(scores) == len(images)
     assert all(isinstance(s, float) and np.isfinite(s) for s in scores)
 
 
 @pytest.mark.parametrize("name", MINE)
 def test_batch_composition_independent(loaded, images, name):
-    together = loaded[name].score(images, PROMPTS)
-    alone = [loaded[name].score([im], [p])[0] for im, p in zip(images, PROMPTS, strict=True)]
-    reversed_ = loaded[name].score(images[::-1], PROMPTS[::-1])[::-1]
+    prompts = prompts_for(name)
+    together = loaded[name].score(images, prompts)
+    alone = [loaded[name].score([im], [p])[0] for im, p in zip(images, prompts, strict=True)]
+    reversed_ = loaded[name].score(images[::-1], prompts[::-1])[::-1]
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(together, reversed_, rtol=1e-5, atol=1e-6)
 
@@ -89,7 +109,8 @@ def test_deterministic_for_seed(loaded, images, name):
 
 @pytest.mark.parametrize("name", MINE)
 def test_missing_prompt(loaded, images, name):
-    scores = loaded[name].score(images, [PROMPTS[0], None, PROMPTS[2]])
+    prompts = prompts_for(name)
+    scores = loaded[name].score(images, [prompts[0], None, prompts[2]])
     if loaded[name].needs_prompt:
         assert scores[1] is None and scores[0] is not None and scores[2] is not None
         assert loaded[name].score(images[:1], [None]) == [None]

@@ -251,7 +251,7 @@ def test_app_builder_binds_the_shipped_config_without_ray(monkeypatch):
     handles, needs_prompt, ingress_config, limits = ingress.init_args
     names = [d.deployment_name for d in config.deployments]
     assert list(handles) == list(needs_prompt) == names
-    assert needs_prompt["pickscore"] is True and needs_prompt["aesthetic"] is False
+    assert needs_prompt["prompt_alignment"] is True and needs_prompt["colorfulness"] is False
     assert ingress_config == config.ingress.model_dump(mode="json")
     assert limits == config.limits.model_dump(mode="json")
     for dep in config.deployments:

@@ -221,4 +221,19 @@ def _diagnostics(r, stats, adv, raw, clip) -> dict:
         "advantage_abs_sum": float(np.abs(adv).sum()),
         "advantage_checksum": float(adv @ position),
         "advantage_clip_fraction": float((np.abs(raw) > clip).mean()),
+        "advantage_correlation": advantage_correlation(adv, centered_rewards(r, stats)),
     }
+
+
+def advantage_correlation(adv: np.ndarray, centered: np.ndarray) -> np.ndarray:
+    """``[K]``: Pearson correlation of the advantages with each objective's in-group deviation.
+
+    Which objectives steer the update: under a fixed weighted sum of raw rewards the one with
+    the widest spread approaches 1 and the others 0 (variance hijacking, method.md section 1);
+    NaN for an objective without any spread in the step.
+    """
+    a = adv - adv.mean()
+    c = centered - centered.mean(axis=1, keepdims=True)
+    with np.errstate(all="ignore"):
+        corr = (c @ a) / (np.linalg.norm(c, axis=1) * np.linalg.norm(a))
+    return np.where(np.isfinite(corr), corr, np.nan)

@@ -16,6 +16,7 @@ layer's dtype, so a float32 adapter on a bf16 base needs no autocast.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -24,10 +25,12 @@ from pathlib import Path
 import diffusers
 import peft
 import torch
+import transformers
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 from packaging.version import Version
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from trainer.config import LoraConfig, ModelConfig
@@ -38,10 +41,12 @@ __all__ = [
     "LORA_WEIGHT_NAME",
     "ModelLoadError",
     "add_lora",
+    "check_model_folder",
     "compute_dtype",
     "load_lora",
     "load_lora_state_dict",
     "load_pipeline",
+    "looks_local",
     "lora_disabled",
     "lora_parameters",
     "lora_state_dict",
@@ -97,9 +102,60 @@ def _dtype_kwargs(dtype: torch.dtype) -> dict:
     return {"torch_dtype": dtype}
 
 
+def looks_local(name: str) -> bool:
+    """Whether ``model.pretrained`` names a local folder rather than a Hugging Face id.
+
+    An existing path is local; so is an absolute path, one starting with ``.`` or ``~``, or
+    one whose first folder exists here (``models/shapes-sd3`` in a checkout), because
+    ``org/name`` alone cannot tell a hub id from a relative path.
+    """
+    path = Path(name).expanduser()
+    if path.exists() or path.is_absolute() or name.startswith((".", "~")):
+        return True
+    return len(path.parts) > 1 and Path(path.parts[0]).is_dir()
+
+
+def check_model_folder(folder: Path) -> None:
+    """Fail early, naming the path and the file, on a missing or damaged local SD3 folder.
+
+    Checks that the folder and its ``model_index.json`` exist and parse, that every component
+    the index names has its folder, and that every ``.safetensors`` file's header reads.
+    """
+    if not folder.is_dir():
+        raise ModelLoadError(
+            f"model folder {folder} does not exist (model.pretrained); run `make pretrain` to "
+            "write the small model, or point model.pretrained at a save_pretrained folder"
+        )
+    index = folder / "model_index.json"
+    try:
+        components = json.loads(index.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{index} is missing or unreadable ({exc}); a folder written by save_pretrained "
+            "has a model_index.json next to one folder per component"
+        ) from exc
+    for name, spec in components.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        if not (folder / name).is_dir():
+            raise ModelLoadError(f"{folder / name} is missing: model_index.json lists {name!r}")
+        for weights in sorted((folder / name).glob("*.safetensors")):
+            try:
+                with safe_open(str(weights), framework="pt") as handle:
+                    handle.keys()
+            except Exception as exc:  # safetensors raises its own error types
+                raise ModelLoadError(f"{weights} is damaged: {exc}") from exc
+
+
 def _from_pretrained(cfg: ModelConfig, dtype: torch.dtype) -> StableDiffusion3Pipeline:
+    local = looks_local(cfg.pretrained)
     where = Path(cfg.pretrained).expanduser()
-    source = str(where) if where.exists() else cfg.pretrained
+    if local:
+        check_model_folder(where)
+    source = str(where) if local else cfg.pretrained
+    # per-component loading bars would fill the training console; errors still raise
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     try:
         return StableDiffusion3Pipeline.from_pretrained(
             source, revision=cfg.revision, **_dtype_kwargs(dtype)
@@ -108,7 +164,7 @@ def _from_pretrained(cfg: ModelConfig, dtype: torch.dtype) -> StableDiffusion3Pi
         hint = (
             f"the local directory {source} must hold a pipeline written by save_pretrained "
             "(model_index.json plus one folder per component)"
-            if where.exists()
+            if local
             else f"{cfg.pretrained!r} is not a local directory, so it was fetched from the "
             "Hugging Face Hub: check the id and revision, the network, and for gated models "
             "(SD3.5) that you accepted the licence and set HF_TOKEN; offline, point "

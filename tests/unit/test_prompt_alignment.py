@@ -1,0 +1,191 @@
+"""The ``prompt_alignment`` reward on rendered scenes and hand-made images with known scores.
+
+The pretraining scenes are the ground truth: every colour, shape and background the caption
+grammar can name, with and without a word, scores near 1; each wrong attribute costs its
+third of the reward.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from services.rewards import prompt_alignment as pa
+from services.rewards.base import build_reward
+from trainer.pretrain import scenes
+
+SIZE = 64
+CFG = pa.PromptAlignmentConfig()
+
+
+@pytest.fixture(scope="module")
+def reward():
+    model = build_reward("prompt_alignment")
+    model.load()
+    return model
+
+
+def _scene(shape="circle", colour="red", background="blue", word=None, radius=0.25):
+    centre = (SIZE / 2, SIZE * 0.27 if word else SIZE / 2)
+    return scenes.Scene(shape, colour, background, word, centre, radius * SIZE)
+
+
+def _scores(scene: scenes.Scene, text: str | None = None) -> pa.AlignmentScores:
+    caption = pa.parse_caption(text or scenes.caption(scene))
+    return pa.alignment_scores(scenes.render(scene, SIZE), caption, CFG)
+
+
+def test_colour_table_is_the_scenes_table():
+    assert pa.COLOURS == scenes.COLOURS
+    assert set(pa.FILL_RATIOS) == set(scenes.SHAPES)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a red circle on a blue background", pa.Caption("red", "circle", "blue", False)),
+        (
+            "An  Orange TRIANGLE on an white background ",
+            pa.Caption("orange", "triangle", "white", False),
+        ),
+        (
+            'a green square on a black background with the word "SUN"',
+            pa.Caption("green", "square", "black", True),
+        ),
+        (
+            'an red square on a black background With The Word ""',
+            pa.Caption("red", "square", "black", True),
+        ),
+    ],
+)
+def test_parse_caption(text, expected):
+    assert pa.parse_caption(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "",
+        'a photo of a sign that says "OK"',
+        "a red circle",
+        "a pink circle on a blue background",  # not a palette colour
+        "a red hexagon on a blue background",
+        "a red circle on a blue background please",
+        'a red circle on a blue background with the word "SUN',
+        "the red circle on a blue background",
+    ],
+)
+def test_unparseable_prompt_is_not_scored(reward, text):
+    assert pa.parse_caption(text) is None
+    assert reward.score([scenes.render(_scene())], [text]) == [None]
+
+
+def test_every_combination_scores_high():
+    low = []
+    for colour, background, shape in itertools.product(
+        scenes.COLOURS, scenes.COLOURS, scenes.SHAPES
+    ):
+        if colour == background:
+            continue
+        for word, radius in [(None, 0.2), (None, 0.32), ("FOX", 0.13), ("MAP", 0.18)]:
+            scene = _scene(shape, colour, background, word, radius)
+            if (total := _scores(scene).total) < 0.9:
+                low.append((scenes.caption(scene), radius, total))
+    assert low == []
+
+
+def test_random_scenes_score_high(reward):
+    images, captions, _ = scenes.scene_batch(seed=3, count=64, size=SIZE)
+    assert min(reward.score(list(images), captions)) >= 0.9
+
+
+def test_wrong_background_loses_exactly_its_third():
+    scene = _scene("square", "yellow", "purple")
+    right = _scores(scene)
+    wrong = _scores(scene, "a yellow square on a green background")
+    assert (right.background, wrong.background) == (1.0, 0.0)
+    assert (wrong.colour, wrong.shape) == (right.colour, right.shape)
+    assert right.total - wrong.total == pytest.approx(1 / 3, abs=1e-12)
+
+
+def test_wrong_colour_and_wrong_shape_score_zero_in_their_part():
+    scene = _scene("circle", "red", "white")
+    assert _scores(scene, "an orange circle on a white background").colour == 0.0
+    square = _scores(_scene("square", "red", "white"), "a red circle on a white background")
+    circle = _scores(scene)
+    assert circle.shape > 0.9 and square.shape < circle.shape and square.shape < 0.1
+
+
+def test_with_a_word_only_the_upper_half_is_searched():
+    low = scenes.Scene("square", "green", "white", None, (SIZE / 2, SIZE * 0.75), 0.13 * SIZE)
+    assert _scores(low).total >= 0.9
+    tail = _scores(low, 'a green square on a white background with the word "ZOO"')
+    assert (tail.background, tail.colour, tail.shape) == (1.0, 0.0, 0.0)
+
+
+def test_blank_image_scores_low(reward):
+    blank = np.full((SIZE, SIZE, 3), scenes.COLOURS["blue"], dtype=np.uint8)
+    right_bg, wrong_bg = reward.score(
+        [blank] * 2, ["a red circle on a blue background", "a red circle on a green background"]
+    )
+    assert right_bg == pytest.approx(1 / 3) and wrong_bg == 0.0
+
+
+def test_noise_is_no_shape():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    for shape in scenes.SHAPES:
+        caption = pa.parse_caption(f"a purple {shape} on a red background")
+        assert pa.alignment_scores(noise, caption, CFG).shape < 0.1
+
+
+def test_stray_specks_do_not_change_the_shape():
+    scene = _scene("circle", "blue", "yellow", radius=0.2)
+    image = scenes.render(scene, SIZE).copy()
+    image[[4, 5, 58], [58, 6, 5]] = scenes.COLOURS["black"]
+    specked = pa.alignment_scores(image, pa.parse_caption(scenes.caption(scene)), CFG)
+    assert specked == _scores(scene)
+
+
+def test_large_images_are_reduced_first():
+    scene = _scene("triangle", "white", "black")
+    small = scenes.render(scene, SIZE)
+    big, work = (np.kron(small, np.ones((k, k, 1), dtype=np.uint8)) for k in (8, 2))
+    assert big.shape == (512, 512, 3) and work.shape == (128, 128, 3)  # work_size 128
+    caption = pa.parse_caption(scenes.caption(scene))
+    assert pa.alignment_scores(big, caption, CFG) == pa.alignment_scores(work, caption, CFG)
+    assert pa.alignment_scores(big, caption, CFG).total >= 0.9
+
+
+def test_margin_scores():
+    assert pa.colour_score(np.array(pa.COLOURS["red"]), "red") == 1.0
+    red, orange = np.array(pa.COLOURS["red"], float), np.array(pa.COLOURS["orange"], float)
+    path = [pa.colour_score(red + t * (orange - red), "red") for t in np.linspace(0, 0.6, 7)]
+    assert all(a > b > 0 for a, b in zip(path[:4], path[1:5], strict=True))
+    assert path[5] == pytest.approx(0.0, abs=1e-12)  # half way: as close to orange
+    assert path[6] == 0.0
+    assert pa.colour_score(np.array([128.0, 128.0, 128.0]), "white") == 0.0
+    for shape, fill in pa.FILL_RATIOS.items():
+        assert pa.shape_score(fill, shape) == 1.0
+    assert 0 < pa.shape_score(0.9, "square") < 1 and pa.shape_score(0.9, "triangle") == 0.0
+
+
+def test_not_scorable_cases(reward):
+    image = scenes.render(_scene())
+    assert reward.score([image], ["a red circle on a red background"]) == [None]
+    assert reward.score([image[:5, :5]], ["a red circle on a blue background"]) == [None]
+    assert reward.score([image], [None]) == [None]
+    reward.health_check()  # the probe's prompt is not a scene caption: None is healthy
+    assert reward.score(
+        [np.full((32, 32, 3), 127, np.uint8)], ['a photo of a sign that says "OK"']
+    ) == [None]
+
+
+def test_mismatch_and_bad_params_raise(reward):
+    with pytest.raises(ValueError, match="prompts"):
+        reward.score([scenes.render(_scene())], [])
+    with pytest.raises(ValueError, match=r"prompt_alignment\.mask_threshold"):
+        build_reward("prompt_alignment", {"mask_threshold": 0})
