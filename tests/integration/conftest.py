@@ -39,6 +39,7 @@ REWARD_DEPLOYMENTS = [
     {"reward": "aesthetic", "params": {"variant": "tiny"}, "num_cpus": 0.25},
     {"reward": "deqa", "params": {"variant": "tiny"}, "num_cpus": 0.25},
     {"reward": "ocr", "params": {"engine": "onnx"}, "num_cpus": 0.25},
+    {"reward": "colorfulness", "num_cpus": 0.25},
     {
         "reward": "jpeg_compressibility",
         "num_cpus": 0.25,
