@@ -9,6 +9,7 @@ index (method.md section 6), prints a table and writes JSON.
     python bench/learning.py --quick                 # the APEX run only (~6 min on 2 cores)
     python bench/learning.py                         # + one single-objective run per reward
     python bench/learning.py --balancers apex,static # several multi-objective balancers
+    python bench/learning.py --balancers "" --singles ocr   # one reward alone
 
 Targets (issue "A model that learns"): APEX gains >= +0.3 on at least 3 of the 4 objectives
 and none below -0.1; each reward trained alone gains >= +0.5.
@@ -84,21 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="only the APEX run")
     parser.add_argument("--balancers", default="apex", help="comma-separated balancer names")
+    parser.add_argument(
+        "--singles", default=None, help="comma-separated rewards to train alone (default: all)"
+    )
     parser.add_argument("--out", default="results/bench/learning", help="run folders and JSON")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     args = parser.parse_args(argv)
     out_dir = ROOT / args.out
-    rewards = [r.name for r in load_config(CONFIG).rewards]
+    rewards = load_config(CONFIG).rewards
     results: dict[str, dict] = {}
-    for balancer in args.balancers.split(","):
+    for balancer in filter(None, args.balancers.split(",")):
         results[balancer] = run_training(
             balancer, out_dir, [f"balancer.name={balancer}", *args.overrides]
         )
         _print_run(balancer, results[balancer])
     if not args.quick:
-        for reward in rewards:
-            name = f"only-{reward}"
-            only = f"rewards=[{{name: {reward}}}]"
+        chosen = args.singles.split(",") if args.singles else [r.name for r in rewards]
+        for reward in (r for r in rewards if r.name in chosen):
+            name = f"only-{reward.name}"
+            # the reward's own entry (engine, scale, serving), alone: JSON is YAML flow style
+            only = "rewards=" + json.dumps([reward.model_dump()])
             results[name] = run_training(
                 name, out_dir, [only, "balancer.name=static", *args.overrides]
             )

@@ -259,8 +259,18 @@ def make_char_tokenizer(max_len: int = 77):
     It is a real CLIP tokenizer (bos/eos added, eos used as pad, ``</w>`` word ends), so the
     tiny variant runs the same tokenization code path as the pretrained one.
     """
-    from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=byte_level_clip_vocab(), merges=[], model_max_length=max_len)
+
+
+def byte_level_clip_vocab() -> dict[str, int]:
+    """CLIP's byte-level BPE base vocabulary, without merges.
+
+    Ids 0 and 1 are ``<|startoftext|>`` and ``<|endoftext|>`` (the latter doubles as pad, as in
+    CLIP); then the 256 byte symbols, then the same symbols with the end-of-word marker.
+    """
+    from tokenizers.pre_tokenizers import ByteLevel
 
     chars = sorted(ByteLevel.alphabet())
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -268,7 +278,7 @@ def make_char_tokenizer(max_len: int = 77):
         vocab.setdefault(c, len(vocab))
     for c in chars:
         vocab.setdefault(c + "</w>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_len)
+    return vocab
 
 
 @dataclass

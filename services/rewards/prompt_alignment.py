@@ -7,8 +7,7 @@ pretraining scenes (``trainer/pretrain/scenes.py``)::
 
 case-insensitive, any run of whitespace between words, "a" and "an" both accepted whatever
 follows, ``{shape}`` one of circle/square/triangle, the colours those of :data:`COLOURS`
-(equal to ``scenes.COLOURS``: a unit test keeps the two tables in agreement; rewards never
-import the trainer). The word tail is optional and its text is ignored; its presence only
+(the scenes draw with this table; rewards never import the trainer). The word tail is optional and its text is ignored; its presence only
 moves the shape, as the scenes draw it.
 
 The rule, for a uint8 RGB image ``[H, W, 3]``:
@@ -75,7 +74,8 @@ from pydantic import Field
 from services.rewards._torch import as_rgb_uint8
 from services.rewards.base import Image, RewardConfig, RewardModel, register
 
-# sRGB of every colour name the scene captions use; must equal trainer.pretrain.scenes.COLOURS
+# sRGB of every colour name the scene captions use (trainer.pretrain.scenes draws with it);
+# far apart so a named colour is checkable
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),

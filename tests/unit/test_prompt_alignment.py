@@ -37,8 +37,7 @@ def _scores(scene: scenes.Scene, text: str | None = None) -> pa.AlignmentScores:
     return pa.alignment_scores(scenes.render(scene, SIZE), caption, CFG)
 
 
-def test_colour_table_is_the_scenes_table():
-    assert pa.COLOURS == scenes.COLOURS
+def test_every_scene_shape_has_a_fill_ratio():
     assert set(pa.FILL_RATIOS) == set(scenes.SHAPES)
 
 

@@ -22,7 +22,6 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
-from tokenizers.pre_tokenizers import ByteLevel
 from transformers import (
     CLIPTextConfig,
     CLIPTextModelWithProjection,
@@ -32,9 +31,15 @@ from transformers import (
     T5Tokenizer,
 )
 
+from services.rewards._torch import byte_level_clip_vocab
 from trainer.config import TinyModelConfig
 
-__all__ = ["build_tiny_pipeline", "make_clip_tokenizer", "make_t5_tokenizer"]
+__all__ = [
+    "assemble_pipeline",
+    "build_tiny_pipeline",
+    "make_clip_tokenizer",
+    "make_t5_tokenizer",
+]
 
 CLIP_MAX_LENGTH = 77  # SD3 pads every CLIP prompt to 77 tokens
 # SD3's VAE latent normalisation; kept for the tiny VAE so decoding follows the same formula
@@ -48,16 +53,9 @@ _T5_WORDS = ("a", "an", "the", "of", "on", "in", "with", "photo", "cat", "dog", 
 def make_clip_tokenizer(max_length: int = CLIP_MAX_LENGTH) -> CLIPTokenizer:
     """A valid CLIP tokenizer without a download: byte-level BPE, no merges (a token per byte).
 
-    Ids 0 and 1 are ``<|startoftext|>`` and ``<|endoftext|>`` (the latter doubles as pad, as in
-    CLIP); then the 256 byte symbols, then the same symbols with the end-of-word marker.
+    The vocabulary is :func:`services.rewards._torch.byte_level_clip_vocab`.
     """
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    for c in chars:
-        vocab.setdefault(c + "</w>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    return CLIPTokenizer(vocab=byte_level_clip_vocab(), merges=[], model_max_length=max_length)
 
 
 def make_t5_tokenizer(max_length: int = 512) -> T5Tokenizer:
@@ -164,7 +162,17 @@ def build_tiny_pipeline(cfg: TinyModelConfig | None = None) -> StableDiffusion3P
     is harmless for a random tiny model.
     """
     cfg = cfg or TinyModelConfig()
-    clip_tok, clip_tok_2, t5_tok = make_clip_tokenizer(), make_clip_tokenizer(), make_t5_tokenizer()
+    return assemble_pipeline(cfg, make_clip_tokenizer(), make_clip_tokenizer(), make_t5_tokenizer())
+
+
+def assemble_pipeline(
+    cfg: TinyModelConfig, clip_tok, clip_tok_2, t5_tok
+) -> StableDiffusion3Pipeline:
+    """SD3's components at ``cfg``'s sizes, drawn from ``cfg.seed``, around these tokenizers.
+
+    Float32 on the CPU, every module in eval mode; the scheduler is SD3's flow matching
+    (shift 3). The tokenizers' vocabularies must fit ``cfg.vocab_size``.
+    """
     _check_vocab(cfg, clip_tok, t5_tok)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)

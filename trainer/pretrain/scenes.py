@@ -22,6 +22,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from services.rewards.prompt_alignment import COLOURS
+
 __all__ = [
     "COLOURS",
     "SHAPES",
@@ -33,17 +35,7 @@ __all__ = [
     "scene_batch",
 ]
 
-# sRGB of every colour name the captions use; far apart so a named colour is checkable
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (240, 210, 40),
-    "purple": (140, 60, 180),
-    "orange": (245, 140, 30),
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-}
+# the colour names and their sRGB are those the prompt-alignment reward checks: one table
 SHAPES = ("circle", "square", "triangle")
 # 32 words of 3 and 4 letters: enough that a CPU-sized model spells some of them only
 # partly, which leaves the OCR reward room to improve

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import string
 
-from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTokenizer, T5Tokenizer
 
+from services.rewards._torch import byte_level_clip_vocab
 from trainer.pretrain.scenes import COLOURS, SHAPES, WORDS
 
 __all__ = ["GRAMMAR_WORDS", "make_word_clip_tokenizer", "make_word_t5_tokenizer"]
@@ -36,12 +36,7 @@ def make_word_clip_tokenizer(max_length: int) -> CLIPTokenizer:
     added until every grammar word encodes to one token: a word whose characters an earlier
     word's merges already grouped (``w or d``) gets the merges of that grouping.
     """
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    for c in chars:
-        vocab.setdefault(c + "</w>", len(vocab))
+    vocab = byte_level_clip_vocab()
     merges: list[tuple[str, str]] = []
     words = sorted({w.lower() for w in GRAMMAR_WORDS})
     for _ in range(max(len(w) for w in words)):
