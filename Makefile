@@ -45,12 +45,12 @@ test-integration: setup
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: setup
-	$(PY) -m ruff check services trainer tests bench
-	$(PY) -m ruff format --check services trainer tests bench
+	$(PY) -m ruff check common services trainer tests bench
+	$(PY) -m ruff format --check common services trainer tests bench
 
 format: setup
-	$(PY) -m ruff format services trainer tests bench
-	$(PY) -m ruff check --fix services trainer tests bench
+	$(PY) -m ruff format common services trainer tests bench
+	$(PY) -m ruff check --fix common services trainer tests bench
 
 train: setup
 	$(PY) -m trainer.main $(CONFIG) $(ARGS)

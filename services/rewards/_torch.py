@@ -24,6 +24,7 @@ import torch
 from PIL import Image as PILImage
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common.vocabulary import byte_level_clip_vocab
 from services.rewards.base import Image, RewardModel
 
 logger = logging.getLogger(__name__)
@@ -262,23 +263,6 @@ def make_char_tokenizer(max_len: int = 77):
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer(vocab=byte_level_clip_vocab(), merges=[], model_max_length=max_len)
-
-
-def byte_level_clip_vocab() -> dict[str, int]:
-    """CLIP's byte-level BPE base vocabulary, without merges.
-
-    Ids 0 and 1 are ``<|startoftext|>`` and ``<|endoftext|>`` (the latter doubles as pad, as in
-    CLIP); then the 256 byte symbols, then the same symbols with the end-of-word marker.
-    """
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    for c in chars:
-        vocab.setdefault(c + "</w>", len(vocab))
-    return vocab
 
 
 @dataclass

@@ -7,8 +7,8 @@ pretraining scenes (``trainer/pretrain/scenes.py``)::
 
 case-insensitive, any run of whitespace between words, "a" and "an" both accepted whatever
 follows, ``{shape}`` one of circle/square/triangle, the colours those of :data:`COLOURS`
-(the scenes draw with this table; rewards never import the trainer). The word tail is optional and its text is ignored; its presence only
-moves the shape, as the scenes draw it.
+(:mod:`common.vocabulary`, the table the pretraining scenes draw with). The word tail is
+optional and its text is ignored; its presence only moves the shape, as the scenes draw it.
 
 The rule, for a uint8 RGB image ``[H, W, 3]``:
 
@@ -71,21 +71,10 @@ import numpy as np
 from PIL import Image as PILImage
 from pydantic import Field
 
+from common.vocabulary import COLOURS
 from services.rewards._torch import as_rgb_uint8
 from services.rewards.base import Image, RewardConfig, RewardModel, register
 
-# sRGB of every colour name the scene captions use (trainer.pretrain.scenes draws with it);
-# far apart so a named colour is checkable
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (240, 210, 40),
-    "purple": (140, 60, 180),
-    "orange": (245, 140, 30),
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-}
 # fill ratio of each shape's bounding box: the prototypes of the shape-type score
 FILL_RATIOS: dict[str, float] = {"triangle": 0.5, "circle": math.pi / 4, "square": 1.0}
 

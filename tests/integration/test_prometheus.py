@@ -32,8 +32,9 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIGS = sorted((ROOT / "deploy" / "prometheus").glob("*.yml"))
 DATA_TIMEOUT_S = 60.0
-# Concrete values for the dashboards' own variables: a reward and an objective of this session.
-VARIABLES = {"reward": "aesthetic", "objective": "aesthetic"}
+# Concrete values for the dashboards' own variables: a deployed reward that the traffic scores,
+# and an objective of the training runs.
+VARIABLES = {"reward": "aesthetic", "objective": REWARDS[-1]}
 
 
 def _binary(name: str) -> str:

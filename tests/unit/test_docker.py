@@ -412,7 +412,10 @@ def test_dockerignore_keeps_local_state_out(path):
     assert is_excluded(path, read_dockerignore(DOCKERIGNORE.read_text()))
 
 
-@pytest.mark.parametrize("path", ["pyproject.toml", "services/serve.py", "deploy/serve/local.yaml"])
+@pytest.mark.parametrize(
+    "path",
+    ["pyproject.toml", "common/vocabulary.py", "services/serve.py", "deploy/serve/local.yaml"],
+)
 def test_dockerignore_lets_the_sources_in(path):
     assert not is_excluded(path, read_dockerignore(DOCKERIGNORE.read_text()))
 

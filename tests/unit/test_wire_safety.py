@@ -1,9 +1,9 @@
 """Static guard: nothing that reads network or file input can execute what it reads.
 
-Walks the syntax tree of every module under ``services/`` and ``trainer/`` and fails on: an
-import of ``pickle`` (or ``cloudpickle``, ``dill``, ``marshal``, ``shelve``, ``jsonpickle``),
-a call of the builtins ``eval``/``exec``/``compile``, ``allow_pickle=True``, ``torch.load``
-without ``weights_only=True``, ``yaml.load`` (instead of ``safe_load``), and
+Walks the syntax tree of every module under ``common/``, ``services/`` and ``trainer/`` and
+fails on: an import of ``pickle`` (or ``cloudpickle``, ``dill``, ``marshal``, ``shelve``,
+``jsonpickle``), a call of the builtins ``eval``/``exec``/``compile``, ``allow_pickle=True``,
+``torch.load`` without ``weights_only=True``, ``yaml.load`` (instead of ``safe_load``), and
 ``trust_remote_code=True`` outside the one reward that needs it (DeQA, pinned revision).
 Ray serializes objects between its own processes; that is inside the cluster, not the wire.
 """
@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = sorted(
     p
-    for package in ("services", "trainer")
+    for package in ("common", "services", "trainer")
     for p in (ROOT / package).rglob("*.py")
     if "proto" not in p.relative_to(ROOT).parts  # generated gRPC code
 )

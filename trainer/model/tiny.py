@@ -31,7 +31,7 @@ from transformers import (
     T5Tokenizer,
 )
 
-from services.rewards._torch import byte_level_clip_vocab
+from common.vocabulary import byte_level_clip_vocab
 from trainer.config import TinyModelConfig
 
 __all__ = [
@@ -53,7 +53,7 @@ _T5_WORDS = ("a", "an", "the", "of", "on", "in", "with", "photo", "cat", "dog", 
 def make_clip_tokenizer(max_length: int = CLIP_MAX_LENGTH) -> CLIPTokenizer:
     """A valid CLIP tokenizer without a download: byte-level BPE, no merges (a token per byte).
 
-    The vocabulary is :func:`services.rewards._torch.byte_level_clip_vocab`.
+    The vocabulary is :func:`common.vocabulary.byte_level_clip_vocab`.
     """
     return CLIPTokenizer(vocab=byte_level_clip_vocab(), merges=[], model_max_length=max_length)
 

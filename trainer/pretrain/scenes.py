@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from services.rewards.prompt_alignment import COLOURS
+from common.vocabulary import COLOURS
 
 __all__ = [
     "COLOURS",

@@ -14,7 +14,7 @@ import string
 
 from transformers import CLIPTokenizer, T5Tokenizer
 
-from services.rewards._torch import byte_level_clip_vocab
+from common.vocabulary import byte_level_clip_vocab
 from trainer.pretrain.scenes import COLOURS, SHAPES, WORDS
 
 __all__ = ["GRAMMAR_WORDS", "make_word_clip_tokenizer", "make_word_t5_tokenizer"]
