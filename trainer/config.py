@@ -163,6 +163,9 @@ class TrainingConfig(Section):
     )
     cfg: bool = Field(True, description="apply CFG in the training forward too")
     lr: float = Field(3e-4, gt=0, description="AdamW learning rate")
+    lr_warmup_steps: int = Field(
+        0, ge=0, description="optimizer steps of linear lr warm-up: step k uses lr (k+1)/N; 0: none"
+    )
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")

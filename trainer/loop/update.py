@@ -70,6 +70,20 @@ class LoraEma:
             s.copy_(t.to(s.device))
 
 
+def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
+    """The learning rate of global optimizer step ``step`` (0-based): ``lr * (step+1)/N`` for
+    the first ``N = warmup_steps`` steps, then ``lr``.
+
+    Adam's first steps move every parameter by about ``lr`` whatever the gradient's noise (its
+    second-moment estimate has seen one gradient); a warm-up keeps those steps from perturbing a
+    pretrained model before the moments settle. It depends on the step alone, so a resumed run
+    continues the same schedule without extra state.
+    """
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return lr
+    return lr * (step + 1) / warmup_steps
+
+
 def all_reduce_gradients(params: Sequence[torch.nn.Parameter], world_size: int) -> None:
     """Average gradients over every worker (a no-op for one worker)."""
     if world_size <= 1:
@@ -145,6 +159,8 @@ def policy_update(
                 terms += 1
         all_reduce_gradients(params, world_size)
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_lr(cfg.lr, optimizer_step_offset + k, cfg.lr_warmup_steps)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None and (optimizer_step_offset + k + 1) % cfg.ema_update_every == 0:
