@@ -172,8 +172,19 @@ class TrainingConfig(Section):
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     clip_range: float = Field(1e-4, gt=0, description="PPO ratio clip range eps")
     kl_beta: float = Field(0.04, ge=0, description="KL weight beta (paper: 0.01-0.04)")
+    kl_scale: Literal["flow_grpo", "exact"] = Field(
+        "flow_grpo",
+        description="KL denominator: flow_grpo 2 std_t^2 (method.md, the paper's beta); "
+        "exact 2 std_t^2 |dt| (the step Gaussians' KL, 1/|dt| larger)",
+    )
+    skip_zero_advantages: bool = Field(
+        True, description="leave samples with advantage exactly 0 out of the loss (Flow-GRPO)"
+    )
     ema: bool = Field(True, description="keep an EMA of the LoRA weights for eval/checkpoints")
     ema_decay: float = Field(0.9, ge=0, lt=1, description="EMA decay of the LoRA weights")
+    ema_ramp: bool = Field(
+        True, description="Flow-GRPO's ramp: step k decays by min((1+k)/(10+k), ema_decay)"
+    )
     ema_update_every: int = Field(8, ge=1, description="optimizer steps between EMA updates")
     seed: int = Field(42, description="global seed; workers derive theirs from it")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(

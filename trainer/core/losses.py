@@ -1,8 +1,9 @@
 """Flow-GRPO's policy loss: PPO-clip on per-step log-prob ratios plus a KL term (method.md s. 2).
 
-The KL between the policy's and the reference model's step Gaussians (same std, different
-means) is ``||mean_theta - mean_ref||^2 / (2 std^2)``; as in Flow-GRPO, ``std`` is the step's
-scale ``std_t * sqrt(-dt)`` and the squared distance is averaged over the non-batch dims.
+The KL term is ``||mean_theta - mean_ref||^2 / (2 s^2)`` averaged over the non-batch dims.
+The caller picks ``s`` (``training.kl_scale``): method.md and Flow-GRPO's SD3 trainer use the
+SDE's noise level ``std_t``; the exact KL between the two step Gaussians (same scale, different
+means) uses the step's scale ``std_t * sqrt(-dt)``, which is ``1/|dt|`` times larger.
 """
 
 from __future__ import annotations

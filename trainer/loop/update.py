@@ -33,18 +33,31 @@ class UpdateStats:
 
 
 class LoraEma:
-    """Exponential moving average of the trainable LoRA parameters."""
+    """Exponential moving average of the trainable LoRA parameters.
 
-    def __init__(self, params: Sequence[torch.nn.Parameter], decay: float):
+    With ``ramp`` (Flow-GRPO's schedule) the decay of optimizer step ``k`` is
+    ``min((1 + k) / (10 + k), decay)``: the average follows the live weights closely while they
+    move away from their initial values, and settles to ``decay`` after the first steps.
+    """
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], decay: float, *, ramp: bool = True):
         self.params = list(params)
         self.decay = decay
+        self.ramp = ramp
         self.shadow = [p.detach().clone() for p in self.params]
 
+    def decay_at(self, step: int) -> float:
+        """The decay used at global optimizer step ``step`` (0-based)."""
+        if not self.ramp:
+            return self.decay
+        return min((1.0 + step) / (10.0 + step), self.decay)
+
     @torch.no_grad()
-    def update(self) -> None:
-        """``shadow <- decay * shadow + (1 - decay) * param``."""
+    def update(self, step: int) -> None:
+        """``shadow <- d * shadow + (1 - d) * param`` with ``d = decay_at(step)``."""
+        decay = self.decay_at(step)
         for s, p in zip(self.shadow, self.params, strict=True):
-            s.mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+            s.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
@@ -84,6 +97,17 @@ def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
     return lr * (step + 1) / warmup_steps
 
 
+def global_count(local: int, world_size: int) -> int:
+    """The sum of ``local`` over every worker (``local`` itself for one worker)."""
+    if world_size <= 1:
+        return local
+    import torch.distributed as dist
+
+    total = torch.tensor([float(local)])
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return int(total.item())
+
+
 def all_reduce_gradients(params: Sequence[torch.nn.Parameter], world_size: int) -> None:
     """Average gradients over every worker (a no-op for one worker)."""
     if world_size <= 1:
@@ -121,7 +145,10 @@ def policy_update(
 
     Optimizer step ``k`` takes the samples whose global index ``s`` has ``s % steps == k``,
     so every step sees the same global samples however they are split among workers (and
-    each step mixes all prompt groups, as Flow-GRPO's shuffled batches do).
+    each step mixes all prompt groups, as Flow-GRPO's shuffled batches do). With
+    ``cfg.skip_zero_advantages`` a sample whose advantage is exactly 0 (a group without
+    spread under ``static``) is left out of the loss, its KL term included, as Flow-GRPO does;
+    an optimizer step left with no sample moves nothing but still counts in the schedules.
     """
     n = len(rollout)
     steps = cfg.optimizer_steps_per_epoch
@@ -132,8 +159,13 @@ def policy_update(
     grad_norms = []
     terms = 0
     for k, chunk in enumerate(chunks):
-        weight = 1.0 / (len(chunk) * len(step_indices))
-        for mb in chunk.split(micro_batch_size):
+        if cfg.skip_zero_advantages:
+            chunk = chunk[advantages[chunk] != 0]
+        # every worker's gradient is averaged, so weighting by the global count makes the step
+        # the mean over all the step's samples however they are split
+        count = global_count(len(chunk), world_size)
+        weight = world_size / (max(count, 1) * len(step_indices))
+        for mb in chunk.split(micro_batch_size) if len(chunk) else ():
             part, part_embeds, adv = rollout.select(mb), embeds.select(mb), advantages[mb]
             for j in step_indices.tolist():
                 new = step_log_prob(transformer, part, j, part_embeds, guidance_scale=guidance)
@@ -151,7 +183,7 @@ def policy_update(
                     kl_beta=cfg.kl_beta,
                     mean=new.mean,
                     mean_ref=ref_mean,
-                    std=new.std,
+                    std=new.std_t if cfg.kl_scale == "flow_grpo" else new.std,
                 )
                 (out.loss * len(mb) * weight).backward()
                 for key in sums:
@@ -163,8 +195,9 @@ def policy_update(
             group["lr"] = warmup_lr(cfg.lr, optimizer_step_offset + k, cfg.lr_warmup_steps)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if ema is not None and (optimizer_step_offset + k + 1) % cfg.ema_update_every == 0:
-            ema.update()
+        step = optimizer_step_offset + k
+        if ema is not None and (step + 1) % cfg.ema_update_every == 0:
+            ema.update(step)
     means = {key: value / max(terms, 1) for key, value in sums.items()}
     finite = [g for g in grad_norms if math.isfinite(g)]
     return UpdateStats(grad_norm=sum(finite) / max(len(finite), 1), **means)

@@ -49,7 +49,7 @@ class WorkerLoop:
         self.optimizer = torch.optim.AdamW(
             self.params, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay
         )
-        self.ema = LoraEma(self.params, t.ema_decay) if t.ema else None
+        self.ema = LoraEma(self.params, t.ema_decay, ramp=t.ema_ramp) if t.ema else None
         service = cfg.reward_service
         self.client = RewardClient.in_cluster(
             service.app_name,
