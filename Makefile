@@ -13,13 +13,14 @@ SERVE_CONFIG ?= deploy/serve/local.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-unit test-integration lint format train pretrain serve monitor bench proto clean docker
+.PHONY: help setup test test-unit test-integration lint format train sample pretrain serve monitor bench proto clean docker
 
 help:
 	@echo "make setup   create $(VENV) and install the project (no-op when nothing changed)"
 	@echo "make test    run the test suite"
 	@echo "make lint    run ruff"
 	@echo "make train   run the main training job (CONFIG=$(CONFIG), ARGS=key=value ...)"
+	@echo "make sample  base vs tuned images of a finished run (RUN=runs/local/<time> [PROMPTS=file])"
 	@echo "make pretrain fit the small model make train aligns (models/shapes-sd3; ARGS=key=value ...)"
 	@echo "make serve   start the reward services locally"
 	@echo "make monitor Prometheus (+ Grafana if installed) on a local train/serve's metrics"
@@ -54,6 +55,10 @@ format: setup
 
 train: setup
 	$(PY) -m trainer.main $(CONFIG) $(ARGS)
+
+sample: setup
+	@test -n "$(RUN)" || { echo "usage: make sample RUN=<run folder> [PROMPTS=<file>]"; exit 2; }
+	$(PY) -m trainer.sample $(RUN) $(if $(PROMPTS),--prompts $(PROMPTS)) $(ARGS)
 
 pretrain: setup
 	$(PY) -m trainer.pretrain $(ARGS)

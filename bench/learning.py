@@ -6,10 +6,14 @@ From each run's evaluation records it reports the per-objective effect-size gain
 evaluation over the first (the base model), the hypervolume, the worst gain and the seesaw
 index (method.md section 6), prints a table and writes JSON.
 
-    python bench/learning.py --quick                 # the APEX run only (~6 min on 2 cores)
+    python bench/learning.py --quick                 # the APEX run only (~8 min on 2 cores)
     python bench/learning.py                         # + one single-objective run per reward
     python bench/learning.py --balancers apex,static # several multi-objective balancers
     python bench/learning.py --balancers "" --singles ocr   # one reward alone
+
+A reward alone runs with the same balancer as make train (APEX); with one objective that is
+GRPO's per-prompt normalized advantage, unit scale whatever the reward's units (the static
+weighted sum would divide by the batch std, which for colourfulness is mostly between prompts).
 
 Targets (issue "A model that learns"): APEX gains >= +0.3 on at least 3 of the 4 objectives
 and none below -0.1; each reward trained alone gains >= +0.5.
@@ -105,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             name = f"only-{reward.name}"
             # the reward's own entry (engine, scale, serving), alone: JSON is YAML flow style
             only = "rewards=" + json.dumps([reward.model_dump()])
-            results[name] = run_training(
-                name, out_dir, [only, "balancer.name=static", *args.overrides]
-            )
+            results[name] = run_training(name, out_dir, [only, *args.overrides])
             _print_run(name, results[name])
     verdict = check_targets(results)
     print(_table(results))

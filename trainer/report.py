@@ -7,6 +7,7 @@ Layout of ``RunFolder(path)``::
     path/eval/           evaluation image grids       (save_image_grid)
     path/plots/          PNG plots                    (plot_run)
     path/summary.txt     per-objective table          (summary_table)
+    path/lora/           the final adapter, diffusers' format (worker export_lora; make sample)
 
 Every metrics record has an int ``step`` and a str ``kind`` (``"train"``, ``"eval"``); numpy
 values become lists and floats, and NaN/inf become ``null``. Train records carry per-objective

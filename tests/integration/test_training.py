@@ -53,6 +53,8 @@ def test_a_run_trains_balances_and_logs(uninterrupted):
     assert not np.allclose(records[-1]["weights"], equal)
     first = load_file(run_dir / "checkpoints" / "epoch_000001" / "lora.safetensors")
     assert _max_diff(first, _final_lora(run_dir)) > 0  # the LoRA weights change
+    exported = load_file(run_dir / "lora" / "pytorch_lora_weights.safetensors")  # make sample
+    assert exported and all(k.startswith("transformer.") for k in exported)
 
 
 def test_resume_continues_as_if_never_stopped(uninterrupted, tmp_path):

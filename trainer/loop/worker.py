@@ -26,12 +26,20 @@ from trainer.loop.evaluation import evaluate
 from trainer.loop.evaluation_metrics import eval_summary
 from trainer.loop.rollout_phase import sample_and_score
 from trainer.loop.update import LoraEma, policy_update
-from trainer.model.pipeline import add_lora, load_lora_state_dict, load_pipeline, lora_parameters
+from trainer.model.pipeline import (
+    add_lora,
+    load_lora_state_dict,
+    load_pipeline,
+    lora_parameters,
+    save_lora,
+)
 from trainer.model.pipeline import lora_state_dict as lora_weights
 from trainer.model.rollout import train_step_indices
 from trainer.report import save_image_grid
 
 logger = logging.getLogger(__name__)
+
+LORA_DIR = "lora"  # <run>/lora/pytorch_lora_weights.safetensors, written at the end of a run
 
 
 class WorkerLoop:
@@ -262,6 +270,15 @@ class WorkerLoop:
         }
         self.coordinator.record.remote(step, "eval", record)
 
+    def export_lora(self) -> Path:
+        """Rank 0, at the end: the adapter the evaluations scored (the EMA when kept) in
+        diffusers' format, ``<run>/lora/``, for ``pipe.load_lora_weights`` and ``make sample``."""
+        swap = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+        with swap:
+            path = save_lora(self.pipe.transformer, self.run_dir / LORA_DIR)
+        logger.info("LoRA in diffusers' format: %s", path)
+        return path
+
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point; ``loop_config`` = {"config": TrainConfig dump, "run_dir": path}."""
@@ -292,4 +309,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         every_ckpt = checkpoints.every_n_epochs
         if (every_ckpt and completed % every_ckpt == 0) or epoch == last:
             loop.checkpoint(completed, {"epoch": epoch, "loss": record["loss"]})
+    if rank == 0:
+        loop.export_lora()
     loop.client.close()
