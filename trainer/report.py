@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from trainer.loop.evaluation_metrics import eval_summary
 
 __all__ = [
+    "LORA_DIR",
     "MetricsLog",
     "RunFolder",
     "plot_run",
@@ -47,6 +48,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+LORA_DIR = "lora"  # <run>/lora/pytorch_lora_weights.safetensors, written at the end of a run
 
 
 def to_jsonable(value: Any, key: str = "record") -> Any:

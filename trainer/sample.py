@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from trainer.config import TrainConfig, load_config
 from trainer.loop.data import load_prompts
-from trainer.loop.worker import LORA_DIR
 from trainer.model.pipeline import LORA_WEIGHT_NAME, load_pipeline
-from trainer.report import save_image_grid
+from trainer.report import LORA_DIR, save_image_grid
 
 
 class SampleError(RuntimeError):
@@ -99,7 +99,7 @@ def sample_run(
     for name, images in (("base", base), ("tuned", tuned)):
         (out_dir / name).mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):
-            save_image_grid(image[None], None, out_dir / name / f"{i:03d}.png")
+            Image.fromarray(image).save(out_dir / name / f"{i:03d}.png")
     grid = save_image_grid(side_by_side(base, tuned), prompts, out_dir / "side_by_side.png")
     return {"base": out_dir / "base", "tuned": out_dir / "tuned", "side_by_side": grid}
 

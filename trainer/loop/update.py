@@ -97,13 +97,16 @@ def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
     return lr * (step + 1) / warmup_steps
 
 
-def global_count(local: int, world_size: int) -> int:
-    """The sum of ``local`` over every worker (``local`` itself for one worker)."""
+def global_count(local: int, world_size: int, device: torch.device | str = "cpu") -> int:
+    """The sum of ``local`` over every worker (``local`` itself for one worker).
+
+    ``device`` is where the collective runs (the gradients' device: NCCL needs CUDA tensors).
+    """
     if world_size <= 1:
         return local
     import torch.distributed as dist
 
-    total = torch.tensor([float(local)])
+    total = torch.tensor([float(local)], device=device)
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return int(total.item())
 
@@ -163,7 +166,7 @@ def policy_update(
             chunk = chunk[advantages[chunk] != 0]
         # every worker's gradient is averaged, so weighting by the global count makes the step
         # the mean over all the step's samples however they are split
-        count = global_count(len(chunk), world_size)
+        count = global_count(len(chunk), world_size, params[0].device)
         weight = world_size / (max(count, 1) * len(step_indices))
         for mb in chunk.split(micro_batch_size) if len(chunk) else ():
             part, part_embeds, adv = rollout.select(mb), embeds.select(mb), advantages[mb]

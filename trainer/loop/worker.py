@@ -35,11 +35,9 @@ from trainer.model.pipeline import (
 )
 from trainer.model.pipeline import lora_state_dict as lora_weights
 from trainer.model.rollout import train_step_indices
-from trainer.report import save_image_grid
+from trainer.report import LORA_DIR, save_image_grid
 
 logger = logging.getLogger(__name__)
-
-LORA_DIR = "lora"  # <run>/lora/pytorch_lora_weights.safetensors, written at the end of a run
 
 
 class WorkerLoop:
