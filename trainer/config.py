@@ -316,6 +316,25 @@ class LoggingConfig(Section):
     )
     log_every: int = Field(1, ge=1, description="optimizer steps between log lines")
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="experiment trackers fed with metrics.jsonl's records: tensorboard "
+        "(<run>/tensorboard/), wandb (WANDB_PROJECT), mlflow (MLFLOW_TRACKING_URI); [] for none",
+    )
+
+    @field_validator("trackers")
+    @classmethod
+    def _trackers_installed(cls, names: list[str]) -> list[str]:
+        from trainer.coordinator.trackers import missing_trackers
+
+        missing = missing_trackers(names)
+        if missing:
+            raise ValueError(
+                f"tracker(s) {', '.join(missing)} not installed: pip install "
+                f"{' '.join('tensorboardX' if m == 'tensorboard' else m for m in missing)}, "
+                "or leave them out of logging.trackers"
+            )
+        return list(dict.fromkeys(names))
 
 
 class ScalingConfig(Section):

@@ -94,6 +94,7 @@ def train(cfg: TrainConfig, run: RunFolder) -> None:
         exchange_timeout_s=cfg.coordinator.exchange_timeout_s,
         write_metrics=cfg.coordinator.metrics_jsonl,
         export_metrics=cfg.logging.prometheus,
+        trackers=cfg.logging.trackers,
     )
     scaling = cfg.scaling
     trainer = TorchTrainer(

@@ -14,6 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.integration.training_runs import REWARDS, fit
+from trainer.coordinator.trackers import read_tensorboard_scalars
 from trainer.loop.checkpoint import latest_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -55,6 +56,9 @@ def test_a_run_trains_balances_and_logs(uninterrupted):
     assert _max_diff(first, _final_lora(run_dir)) > 0  # the LoRA weights change
     exported = load_file(run_dir / "lora" / "pytorch_lora_weights.safetensors")  # make sample
     assert exported and all(k.startswith("transformer.") for k in exported)
+    scalars = read_tensorboard_scalars(run_dir / "tensorboard")  # TensorBoard by default
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx([r["loss"] for r in records])
+    assert [s for s, _ in scalars[f"train/weights/{REWARDS[0]}"]] == [0, 1, 2]
 
 
 def test_resume_continues_as_if_never_stopped(uninterrupted, tmp_path):

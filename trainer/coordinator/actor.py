@@ -5,7 +5,8 @@ global result. The call submits and waits in one go, so when Ray retries it afte
 restart, the worker's share is resent. After every step the state is written atomically
 to the run folder, and a restarted actor picks it up: its weights and statistics continue
 exactly, no step is computed twice or skipped. The actor is also the single writer of the
-run's ``metrics.jsonl`` and exports every term as a Prometheus gauge.
+run's ``metrics.jsonl`` (and of its TensorBoard/W&B/MLflow trackers) and exports every term
+as a Prometheus gauge.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from trainer.coordinator.metrics import TrainingGauges
 from trainer.coordinator.state import CoordinatorState
+from trainer.coordinator.trackers import Trackers
 from trainer.core.serialize import to_list
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class Coordinator:
         exchange_timeout_s: float = 1800.0,
         write_metrics: bool = True,
         export_metrics: bool = True,
+        trackers: list[str] | None = None,
     ):
         self._fresh_state = {
             "balancer": balancer,
@@ -57,6 +60,7 @@ class Coordinator:
         self.exchange_timeout_s = exchange_timeout_s
         self.write_metrics = write_metrics
         self.gauges = TrainingGauges(objectives, enabled=export_metrics)
+        self.trackers = Trackers(trackers or [], self.run_dir)
         self.infos: dict[int, dict[str, Any]] = {}  # step -> balancer info, until recorded
         self.progress_record: dict[str, Any] = {}
         self._changed = asyncio.Condition() if _in_event_loop() else None
@@ -101,6 +105,7 @@ class Coordinator:
         record.update({k: _jsonable(v) for k, v in values.items()})
         self.gauges.export(step, record)
         self.progress_record = {**self.progress_record, **record}
+        self.trackers.log(record)
         if self.write_metrics:
             with open(self.run_dir / METRICS_FILE, "a") as handle:
                 handle.write(json.dumps(record, allow_nan=False) + "\n")
