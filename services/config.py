@@ -145,3 +145,21 @@ def load_services_config(source: str | Path | dict) -> ServicesConfig:
             for err in exc.errors()
         )
         raise ValueError(f"bad services config: {problems}") from None
+
+
+def reward_params_model(reward: str) -> type[BaseModel]:
+    """The pydantic model a reward's ``params`` validate against (its own ``Config``).
+
+    ``KeyError`` for a name nobody registered. Imports the reward modules (torch, no weights,
+    no Ray), so that a launcher can check a config before anything starts.
+    """
+    from services.rewards.base import get_reward_class
+
+    return get_reward_class(reward).Config
+
+
+def known_rewards() -> list[str]:
+    """Every registered reward name, sorted (the valid values of a deployment's ``reward``)."""
+    from services.rewards.base import reward_names
+
+    return reward_names()

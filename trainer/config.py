@@ -299,16 +299,22 @@ class EvaluationConfig(Section):
 class CheckpointConfig(Section):
     """LoRA + optimizer + coordinator state, written every few epochs."""
 
-    dir: str | None = Field(None, description="None = <logging.run_dir>/checkpoints")
+    dir: str | None = Field(None, description="None = <run folder>/checkpoints")
     every_n_epochs: int = Field(20, ge=0, description="0 = only at the end")
     keep: int = Field(5, ge=1, description="newest checkpoints kept")
-    resume_from: str | None = Field(None, description="'latest', a checkpoint dir, or None")
+    resume_from: str | None = Field(
+        None,
+        description="None: a new run; 'latest': the newest run under logging.run_dir with a "
+        "checkpoint; or a run folder or checkpoint folder (trainer/runs.py)",
+    )
 
 
 class LoggingConfig(Section):
     """Run folder, console and metrics export."""
 
-    run_dir: str = Field("runs/apex", min_length=1, description="config, metrics, images")
+    run_dir: str = Field(
+        "runs/apex", min_length=1, description="parent of the run folders <run_dir>/<start time>"
+    )
     progress_bar: bool = Field(True, description="tqdm progress bars on the driver")
     prometheus: bool = Field(True, description="export trainer metrics through Ray")
     metrics_port: int | None = Field(
@@ -495,8 +501,19 @@ def dump_config(cfg: TrainConfig) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: validate a config with overrides and print it resolved; exit 2 when invalid."""
-    return run_cli(argv, load_config, dump_config, prog="python -m trainer.config")
+    """CLI: validate a config with overrides and print it resolved; exit 2 when invalid.
+
+    Runs the launch checks of :mod:`trainer.preflight` too (reward names and params, the
+    resume target), so a config this accepts does not fail at ``make train``'s start.
+    """
+    from trainer.preflight import check_config  # imports the reward registry: CLI only
+
+    def load_and_check(path: str, overrides: Sequence[str]) -> TrainConfig:
+        cfg = load_config(path, overrides)
+        check_config(cfg)
+        return cfg
+
+    return run_cli(argv, load_and_check, dump_config, prog="python -m trainer.config")
 
 
 if __name__ == "__main__":

@@ -180,11 +180,15 @@ def validate(
         ) from None
 
 
-def format_errors(err: ValidationError, model: type[BaseModel], origins: dict) -> list[str]:
-    """One actionable line per pydantic error, each naming the dotted field path."""
+def format_errors(
+    err: ValidationError, model: type[BaseModel], origins: dict, prefix: Sequence = ()
+) -> list[str]:
+    """One actionable line per pydantic error, each naming the dotted field path; ``prefix``
+    is where ``model`` sits in a bigger tree (a reward's params: ``rewards.0.params``)."""
     lines = []
     for e in err.errors(include_url=False):
         path, parent = _resolve(model, e["loc"], keep_last=e["type"] == "extra_forbidden")
+        path = [*prefix, *path]
         line = _describe(e, path, parent)
         # an override at or below this path (a section-level check covers its fields)
         origin = next((o for p, o in origins.items() if path and _nested(p, tuple(path))), None)

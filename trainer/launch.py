@@ -7,12 +7,17 @@ them through :class:`services.client.RewardClient` only.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
-from trainer.config import TrainConfig
+from pydantic import ValidationError
+
+from trainer.config import RewardConfig, TrainConfig
+from trainer.config_loader import format_errors
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,47 @@ def services_config_dict(cfg: TrainConfig) -> dict[str, Any]:
             "request_timeout_s": service.timeout_s,
         },
     }
+
+
+def reward_problems(rewards: Sequence[RewardConfig]) -> list[str]:
+    """What the services would reject in ``rewards``, one line per mistake, naming the field.
+
+    Unknown names (with a did-you-mean), ``params`` against the reward's own ``Config`` and
+    ``serving`` against the deployment config: what a deploy finds only after Ray started.
+    """
+    from services.config import RewardDeploymentConfig, known_rewards, reward_params_model
+
+    known, problems = known_rewards(), []
+    for i, reward in enumerate(rewards):
+        try:
+            params_model = reward_params_model(reward.name)
+        except KeyError:
+            close = difflib.get_close_matches(reward.name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ";"
+            problems.append(
+                f"rewards.{i}.name: unknown reward '{reward.name}'{hint} "
+                f"known rewards: {', '.join(known)}"
+            )
+            continue
+        problems += _model_problems(params_model, reward.params, ("rewards", i, "params"))
+        taken = sorted({"reward", "params"} & set(reward.serving))
+        if taken:
+            problems.append(
+                f"rewards.{i}.serving.{taken[0]}: set by the trainer from rewards.{i}.name and "
+                f"rewards.{i}.params; remove it from serving"
+            )
+            continue
+        deployment = {"reward": reward.name, **reward.serving}
+        problems += _model_problems(RewardDeploymentConfig, deployment, ("rewards", i, "serving"))
+    return problems
+
+
+def _model_problems(model: Any, data: dict[str, Any], prefix: tuple) -> list[str]:
+    try:
+        model.model_validate(data)
+    except ValidationError as err:
+        return format_errors(err, model, {}, prefix=prefix)
+    return []
 
 
 def init_ray(cfg: TrainConfig) -> None:

@@ -1,10 +1,13 @@
-"""Entry point behind ``make train``: config -> Ray -> reward services -> coordinator -> train.
+"""Entry point behind ``make train``: config -> checks -> Ray -> rewards -> coordinator -> train.
 
 ``python -m trainer.main [CONFIG.yaml] [key=value ...]`` (default: deploy/configs/local.yaml).
-An invalid config or prompt file fails before any work starts. Each run gets its own folder
-``<logging.run_dir>/<timestamp>`` (resuming with ``checkpoint.resume_from`` reuses
-``logging.run_dir`` as is) holding the resolved config, ``metrics.jsonl``, plots, evaluation
-grids, checkpoints and ``summary.txt``.
+Every config mistake fails before any process starts (exit 2, one line per mistake): the
+tree, the prompt files, the reward names and params, the resume target
+(:mod:`trainer.preflight`). Only then is the run folder created: a new
+``<logging.run_dir>/<start time>``, or the run that ``checkpoint.resume_from`` names
+(:mod:`trainer.runs`). It holds the resolved config, ``metrics.jsonl``, plots, evaluation
+grids, checkpoints and ``summary.txt``; a start that fails before writing anything but the
+config removes it again.
 """
 
 from __future__ import annotations
@@ -16,21 +19,25 @@ from pathlib import Path
 
 from trainer.config import ConfigError, TrainConfig, balancer_kwargs, dump_config, load_config
 from trainer.loop.data import PromptFileError, load_prompts
+from trainer.preflight import check_config
 from trainer.report import RunFolder
+from trainer.runs import RunPlan, create_run_folder, remove_if_unused
 
 DEFAULT_CONFIG = "deploy/configs/local.yaml"
 logger = logging.getLogger("trainer")
 
 
-def prepare(argv: list[str]) -> TrainConfig:
-    """Parse ``[CONFIG] [key=value ...]`` and validate config and prompt files up front."""
+def prepare(argv: list[str]) -> tuple[TrainConfig, RunPlan]:
+    """Parse ``[CONFIG] [key=value ...]``; check the config, prompt files, rewards and resume
+    target up front, creating nothing. Returns the config and where the run goes."""
     path = DEFAULT_CONFIG
     if argv and "=" not in argv[0]:
         path, argv = argv[0], argv[1:]
     cfg = load_config(path, argv)
     for files in (cfg.data.train_prompts, cfg.data.eval_prompts):
         load_prompts(files, cfg.data.format)
-    return absolute_paths(cfg)
+    cfg = absolute_paths(cfg)
+    return cfg, check_config(cfg)
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -61,12 +68,15 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     )
 
 
-def run_folder(cfg: TrainConfig) -> RunFolder:
-    """A new timestamped folder, or the given one when resuming."""
-    root = Path(cfg.logging.run_dir)
-    if cfg.checkpoint.resume_from:
-        return RunFolder(root)
-    return RunFolder(root / time.strftime("%Y%m%d-%H%M%S"))
+def open_run(cfg: TrainConfig, plan: RunPlan) -> tuple[TrainConfig, RunFolder]:
+    """Create the run folder (or reopen the resumed one) and write the config into it; the
+    written config names the resumed checkpoint itself, so the workers need no search."""
+    if plan.checkpoint is not None:
+        checkpoint = cfg.checkpoint.model_copy(update={"resume_from": str(plan.checkpoint)})
+        cfg = cfg.model_copy(update={"checkpoint": checkpoint})
+    run = RunFolder(create_run_folder(plan))
+    run.write_config(dump_config(cfg))
+    return cfg, run
 
 
 def train(cfg: TrainConfig, run: RunFolder) -> None:
@@ -133,16 +143,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = prepare(args)
+        cfg, plan = prepare(args)
     except (ConfigError, PromptFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run = run_folder(cfg)
-    run.write_config(dump_config(cfg))
-    print(f"run folder: {run.path}", flush=True)
+    cfg, run = open_run(cfg, plan)
+    resuming = f" (resuming {plan.checkpoint})" if plan.checkpoint else ""
+    print(f"run folder: {run.path}{resuming}", flush=True)
     started = time.perf_counter()
     try:
         train(cfg, run)
+    except BaseException:
+        if plan.folder is None and remove_if_unused(run.path):
+            print(f"removed {run.path}: the run failed before writing to it", file=sys.stderr)
+        raise
     finally:
         _shutdown(local=cfg.scaling.ray_address is None)
     names = [r.name for r in cfg.rewards]

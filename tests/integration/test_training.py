@@ -14,8 +14,10 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.integration.training_runs import REWARDS, fit
+from trainer.config import CheckpointConfig, LoggingConfig
 from trainer.coordinator.trackers import read_tensorboard_scalars
 from trainer.loop.checkpoint import latest_checkpoint
+from trainer.runs import plan_run
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +66,10 @@ def test_a_run_trains_balances_and_logs(uninterrupted):
 def test_resume_continues_as_if_never_stopped(uninterrupted, tmp_path):
     ref_dir, ref_records = uninterrupted
     fit(tmp_path, "training.epochs=2")
-    resumed = fit(tmp_path, "training.epochs=3", "checkpoint.resume_from=latest")
+    # resolved as trainer.main does it: the run folder given, its newest checkpoint found
+    plan = plan_run(LoggingConfig(run_dir="unused"), CheckpointConfig(resume_from=str(tmp_path)))
+    assert plan.folder == tmp_path and plan.checkpoint.name == "epoch_000002"
+    resumed = fit(plan.folder, "training.epochs=3", f"checkpoint.resume_from={plan.checkpoint}")
     last = {r["step"]: r for r in resumed}[2]
     # closed-form rewards and one thread: a resumed run repeats the reference to the last bit
     assert last["loss"] == pytest.approx(ref_records[2]["loss"], rel=1e-9, abs=1e-12)

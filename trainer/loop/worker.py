@@ -77,7 +77,8 @@ class WorkerLoop:
     # --- checkpoints ----------------------------------------------------------------------
 
     def restore(self) -> None:
-        """Continue from the newest checkpoint of this run, else ``checkpoint.resume_from``.
+        """Continue from the newest checkpoint of this run, else ``checkpoint.resume_from``
+        (``trainer.main`` resolves it to a checkpoint folder; ``latest`` here means this run's).
 
         A worker group restarted by Ray Train (``scaling.max_failures``) takes the newest
         checkpoint written in this job, which the coordinator remembers: Ray Train registers
