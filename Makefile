@@ -10,6 +10,9 @@ EXTRAS ?= dev,ocr
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= deploy/configs/local.yaml
 SERVE_CONFIG ?= deploy/serve/local.yaml
+# 8 logical CPUs (as make train's own cluster): room for a trainer that joins to train
+# against these services (make train ARGS=reward_service.deploy=false)
+SERVE_ARGS ?= --num-cpus 8
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -64,7 +67,7 @@ pretrain: setup
 	$(PY) -m trainer.pretrain $(ARGS)
 
 serve: setup
-	$(PY) -m services.serve $(SERVE_CONFIG)
+	$(PY) -m services.serve $(SERVE_CONFIG) $(SERVE_ARGS)
 
 monitor: setup
 	$(PY) deploy/monitor.py

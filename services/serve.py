@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.discovery import remove_discovery, write_discovery
 from services.config import ServicesConfig, load_services_config
 
 DEFAULT_CONFIG = Path("deploy/serve/local.yaml")
@@ -233,6 +234,11 @@ def run(args: argparse.Namespace) -> int:
         if problem:  # an autoscaling cluster may still add the nodes
             print(f"warning: {problem}", file=sys.stderr)
         deploy(config)
+        where = urls(config)
+        write_discovery(  # how `make train ARGS=reward_service.deploy=false` finds this app
+            config.app_name,
+            {"ray_address": ray.get_runtime_context().gcs_address, **where},
+        )
         print(banner(config, time.perf_counter() - start), flush=True)
         while True:
             time.sleep(3600)
@@ -241,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C forces
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        remove_discovery(config.app_name)
         if ray.is_initialized():
             try:
                 if args.address:

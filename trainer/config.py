@@ -223,6 +223,16 @@ class RewardServiceConfig(Section):
 
     app_name: str = Field("rewards", min_length=1, description="Serve application name")
     deploy: bool = Field(True, description="deploy the rewards from the trainer (else: running)")
+    url: str | None = Field(
+        None,
+        description="with deploy false: reach running services over http(s)://HOST:PORT or "
+        "grpc://HOST:PORT instead of Serve handles (then no Ray of theirs is joined)",
+    )
+    redeploy: bool = Field(
+        False,
+        description="deploy over a running app of the same name whose reward configs differ "
+        "(refused otherwise, naming the difference)",
+    )
     http_port: int = Field(8000, ge=1, le=65535, description="ingress port when deploying")
     grpc_port: int = Field(0, ge=0, le=65535, description="gRPC port when deploying; 0 = off")
     timeout_s: float = Field(300.0, gt=0, description="per reward call, per attempt")
@@ -231,6 +241,20 @@ class RewardServiceConfig(Section):
         "fail", description="a reward still down after retries: fail the step, or keep waiting"
     )
     wait_timeout_s: float = Field(1800.0, gt=0, description="with on_failure=wait: give up after")
+
+    @model_validator(mode="after")
+    def _url_means_running(self) -> RewardServiceConfig:
+        if self.url is None:
+            return self
+        scheme = self.url.split("://", 1)[0] if "://" in self.url else ""
+        if scheme not in ("http", "https", "grpc"):
+            raise ValueError(
+                f"url {self.url!r} must start with http://, https:// or grpc:// "
+                "(e.g. http://127.0.0.1:8000 of make serve)"
+            )
+        if self.deploy:
+            raise ValueError("url names running services: set deploy=false with it")
+        return self
 
 
 def _paper_rewards() -> list[RewardConfig]:
@@ -322,6 +346,9 @@ class LoggingConfig(Section):
     )
     log_every: int = Field(1, ge=1, description="optimizer steps between log lines")
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    verbose: bool = Field(
+        False, description="show Ray's, Serve's and Train's own logs on the console (--verbose)"
+    )
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"],
         description="experiment trackers fed with metrics.jsonl's records: tensorboard "

@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 from trainer.config import ConfigError, TrainConfig, balancer_kwargs, dump_config, load_config
+from trainer.console import configure_console, wants_verbose
 from trainer.loop.data import PromptFileError, load_prompts
 from trainer.preflight import check_config
-from trainer.report import RunFolder
+from trainer.report import LORA_DIR, RunFolder
 from trainer.runs import RunPlan, create_run_folder, remove_if_unused
 
 DEFAULT_CONFIG = "deploy/configs/local.yaml"
@@ -79,20 +80,23 @@ def open_run(cfg: TrainConfig, plan: RunPlan) -> tuple[TrainConfig, RunFolder]:
     return cfg, run
 
 
-def train(cfg: TrainConfig, run: RunFolder) -> None:
-    """Start Ray, the rewards and the coordinator, then run the Ray Train job."""
+def train(cfg: TrainConfig, run: RunFolder, local: bool | None = None) -> None:
+    """Start (or join) Ray, deploy or find the rewards, start the coordinator, then run the
+    Ray Train job. ``local``: whether Ray was started for this run (None: start it here if
+    needed); a run that joined a cluster never replaces the services running there."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from trainer.coordinator.actor import start_coordinator
-    from trainer.launch import deploy_rewards, init_ray
+    from trainer.launch import check_room, deploy_rewards, init_ray
     from trainer.loop.worker import train_loop_per_worker
     from trainer.progress import ProgressReporter
 
     names = [r.name for r in cfg.rewards]
-    init_ray(cfg)
-    logger.info("deploying reward services: %s", ", ".join(names))
-    deploy_rewards(cfg)
+    started = init_ray(cfg)
+    local = started if local is None else local
+    deploy_rewards(cfg, local=local)
+    check_room(cfg, joined_for_rewards=not local and cfg.scaling.ray_address is None)
     coordinator = start_coordinator(
         cfg.coordinator.actor_name,
         cfg.coordinator.max_restarts,
@@ -132,53 +136,62 @@ def train(cfg: TrainConfig, run: RunFolder) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a training job; exit 2 on a bad config or prompt file."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    verbose, args = wants_verbose(list(sys.argv[1:] if argv is None else argv))
     if args and args[0] in ("-h", "--help"):
         print(
             "usage: python -m trainer.main [CONFIG.yaml] [key=value ...]\n"
             f"  CONFIG defaults to {DEFAULT_CONFIG}; overrides are dotted config keys, e.g.\n"
             "  training.epochs=2 balancer.name=static scaling.ray_address=auto\n"
+            "  --verbose shows Ray's, Serve's and Train's own logs\n"
             "  (python -m trainer.config CONFIG prints a config resolved)"
         )
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_console(verbose)
     try:
         cfg, plan = prepare(args)
     except (ConfigError, PromptFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    configure_console(cfg.logging.verbose)  # the config file may ask for it too
     cfg, run = open_run(cfg, plan)
     resuming = f" (resuming {plan.checkpoint})" if plan.checkpoint else ""
     print(f"run folder: {run.path}{resuming}", flush=True)
     started = time.perf_counter()
+    local = False
     try:
-        train(cfg, run)
-    except BaseException:
+        from trainer.launch import LaunchError, init_ray
+
+        local = init_ray(cfg)
+        train(cfg, run, local=local)
+    except BaseException as exc:
         if plan.folder is None and remove_if_unused(run.path):
             print(f"removed {run.path}: the run failed before writing to it", file=sys.stderr)
+        if isinstance(exc, LaunchError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         raise
     finally:
-        _shutdown(local=cfg.scaling.ray_address is None)
+        _shutdown(local=local)
     names = [r.name for r in cfg.rewards]
     plots = run.plot(names)
     summary = run.write_summary(names)
     print(summary.read_text())
     print(f"took {time.perf_counter() - started:.0f} s; plots: {len(plots)} in {run.plots_dir}")
+    lora = run.path / LORA_DIR
+    if lora.is_dir():
+        print(f"LoRA for diffusers: {lora}  (images: make sample RUN={run.path})")
     print(f"run folder: {run.path}")
     return 0
 
 
 def _shutdown(local: bool) -> None:
-    """Stop what this run started locally; on a cluster only disconnect (services stay up)."""
+    """Disconnect from Ray; a local cluster this run started goes down with everything on it
+    (Serve included: ``serve.shutdown()`` first only added a ``graceful_shutdown failed``
+    line), a joined cluster and its services stay up."""
     import ray
-    from ray import serve
 
     if ray.is_initialized():
-        try:
-            if local:
-                serve.shutdown()
-        finally:
-            ray.shutdown()
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""A progress bar on the driver, fed by the coordinator while Ray Train runs the workers.
+"""The one progress bar of a training run, on the driver, fed by the coordinator.
 
-The driver is blocked in ``TorchTrainer.fit()``; a thread asks the coordinator for its
-latest record once a second and shows epoch, rewards, lambda and the last evaluation.
+The driver is blocked in ``TorchTrainer.fit()`` while the workers train; the coordinator
+holds every record the workers send. A thread asks it for the newest ``train`` and ``eval``
+records once a second; :meth:`ProgressReporter.close` asks once more after ``fit()`` has
+returned, so the bar always ends on the last epoch (N/N), also after a resume. Training and
+evaluation numbers are labelled apart: ``ocr 0.61`` is the last epoch's batch mean,
+``eval@42 ocr 0.70`` the last evaluation's, ``λ`` the priorities.
 """
 
 from __future__ import annotations
@@ -9,17 +13,44 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+SHORT = {"prompt_alignment": "align", "colorfulness": "colour", "jpeg_compressibility": "jpeg"}
 
-def _short(name: str) -> str:
-    return name[:6]
+
+def short_name(name: str) -> str:
+    """A reward's name as the bar shows it (a few well-known ones shortened)."""
+    return SHORT.get(name, name[:8])
+
+
+def describe(records: dict[str, dict[str, Any]], objectives: list[str]) -> str:
+    """``train: ocr 0.61 align 0.64 | λ .50 .20 .15 .15 | eval@42: ocr 0.70 ...`` from the
+    coordinator's newest ``train`` and ``eval`` records (either may be missing)."""
+    parts = []
+    train, evaluation = records.get("train") or {}, records.get("eval") or {}
+    if train.get("reward_mean"):
+        parts.append("train: " + _values(train["reward_mean"], objectives))
+    if train.get("weights"):
+        parts.append("λ " + " ".join(f"{w:.2f}" for w in train["weights"] if w is not None))
+    if evaluation.get("reward_mean"):
+        parts.append(
+            f"eval@{evaluation.get('step', '?')}: " + _values(evaluation["reward_mean"], objectives)
+        )
+    return " | ".join(parts)
+
+
+def _values(values: list[float | None], objectives: list[str]) -> str:
+    return " ".join(
+        f"{short_name(name)} {v:.3g}" if v is not None else f"{short_name(name)} -"
+        for name, v in zip(objectives, values, strict=False)
+    )
 
 
 class ProgressReporter:
-    """tqdm bar over epochs; ``close()`` stops the polling thread."""
+    """tqdm bar over epochs; ``close()`` takes the final records and stops the thread."""
 
     def __init__(self, coordinator: Any, objectives: list[str], epochs: int, enabled: bool):
         self.coordinator = coordinator
         self.objectives = objectives
+        self.epochs = epochs
         self.enabled = enabled
         self._stop = threading.Event()
         self._thread = None
@@ -27,41 +58,39 @@ class ProgressReporter:
             return
         from tqdm import tqdm
 
-        self.bar = tqdm(total=epochs, desc="train", unit="epoch", dynamic_ncols=True)
+        self.bar = tqdm(total=epochs, desc="epochs", unit="epoch", dynamic_ncols=True)
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
-    def _poll(self) -> None:
+    def _fetch(self) -> dict[str, dict[str, Any]] | None:
         import ray
 
-        while not self._stop.wait(1.0):
-            try:
-                record = ray.get(self.coordinator.progress.remote(), timeout=5)
-            except Exception:  # the coordinator may be restarting; try again next tick
-                continue
-            self.update(record)
+        try:
+            return ray.get(self.coordinator.latest_records.remote(), timeout=5)
+        except Exception:  # the coordinator may be restarting; try again next tick
+            return None
 
-    def update(self, record: dict[str, Any]) -> None:
-        """Show one coordinator record on the bar."""
-        if not record:
-            return
-        if record.get("kind") == "train" and "epoch" in record:
-            self.bar.n = int(record["epoch"]) + 1
-        postfix = {}
-        means, weights = record.get("reward_mean"), record.get("weights")
-        for k, name in enumerate(self.objectives):
-            if means and means[k] is not None:
-                postfix[_short(name)] = f"{means[k]:.3g}"
-            if weights and weights[k] is not None:
-                postfix[f"w_{_short(name)}"] = f"{weights[k]:.2f}"
-        if record.get("hypervolume") is not None:
-            postfix["HV"] = f"{record['hypervolume']:.3g}"
-        self.bar.set_postfix(postfix, refresh=False)
+    def _poll(self) -> None:
+        while not self._stop.wait(1.0):
+            records = self._fetch()
+            if records:
+                self.update(records)
+
+    def update(self, records: dict[str, dict[str, Any]]) -> None:
+        """Show the newest ``train``/``eval`` records on the bar."""
+        train = records.get("train") or {}
+        if "epoch" in train:
+            self.bar.n = min(int(train["epoch"]) + 1, self.epochs)
+        self.bar.set_postfix_str(describe(records, self.objectives), refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
-        """Stop polling and close the bar."""
+        """Stop polling, show the final records (the bar ends at the last epoch), close."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self.bar.close()
+        if self._thread is None:
+            return
+        self._thread.join(timeout=5)
+        records = self._fetch()
+        if records:
+            self.update(records)
+        self.bar.close()

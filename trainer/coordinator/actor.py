@@ -63,6 +63,7 @@ class Coordinator:
         self.trackers = Trackers(trackers or [], self.run_dir)
         self.infos: dict[int, dict[str, Any]] = {}  # step -> balancer info, until recorded
         self.progress_record: dict[str, Any] = {}
+        self.latest: dict[str, dict[str, Any]] = {}  # kind -> its newest record
         self._changed = asyncio.Condition() if _in_event_loop() else None
         state_path = self.run_dir / STATE_FILE
         if state_path.is_file():  # a restart: continue exactly where the last step left off
@@ -105,6 +106,7 @@ class Coordinator:
         record.update({k: _jsonable(v) for k, v in values.items()})
         self.gauges.export(step, record)
         self.progress_record = {**self.progress_record, **record}
+        self.latest[kind] = record
         self.trackers.log(record)
         if self.write_metrics:
             with open(self.run_dir / METRICS_FILE, "a") as handle:
@@ -113,6 +115,11 @@ class Coordinator:
     def progress(self) -> dict[str, Any]:
         """The latest step's terms merged with the latest trainer values (for progress bars)."""
         return dict(self.progress_record)
+
+    def latest_records(self) -> dict[str, dict[str, Any]]:
+        """The newest record of each kind (``train``, ``eval``, ...), kept apart: the
+        driver's progress bar shows training and evaluation numbers under their own labels."""
+        return dict(self.latest)
 
     def state_dict(self) -> dict[str, Any]:
         """The whole state, for the trainer's checkpoint."""

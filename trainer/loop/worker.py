@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from services.client import RetryPolicy, RewardClient
-from trainer.config import TrainConfig
+from trainer.config import RewardServiceConfig, TrainConfig
 from trainer.loop import checkpoint as ckpt_io
 from trainer.loop.data import PromptSampler, load_prompts
 from trainer.loop.evaluation import evaluate
@@ -40,6 +41,22 @@ from trainer.report import LORA_DIR, save_image_grid
 logger = logging.getLogger(__name__)
 
 
+def reward_client(service: RewardServiceConfig) -> RewardClient:
+    """Serve handles of ``service.app_name`` on this Ray, or ``service.url`` over HTTP/gRPC
+    (bearer token from ``APEX_REWARD_TOKEN``, as the services read it)."""
+    kwargs = {
+        "timeout_s": service.timeout_s,
+        "retry": RetryPolicy(max_retries=service.max_retries),
+    }
+    if service.url is None:
+        return RewardClient.in_cluster(service.app_name, **kwargs)
+    token = os.environ.get("APEX_REWARD_TOKEN") or None
+    if service.url.startswith("grpc://"):
+        target = service.url.removeprefix("grpc://")
+        return RewardClient.over_grpc(target, token, app_name=service.app_name, **kwargs)
+    return RewardClient.over_http(service.url, token, **kwargs)
+
+
 class WorkerLoop:
     """State of one worker's run; :func:`train_loop_per_worker` drives it."""
 
@@ -56,12 +73,7 @@ class WorkerLoop:
             self.params, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay
         )
         self.ema = LoraEma(self.params, t.ema_decay, ramp=t.ema_ramp) if t.ema else None
-        service = cfg.reward_service
-        self.client = RewardClient.in_cluster(
-            service.app_name,
-            timeout_s=service.timeout_s,
-            retry=RetryPolicy(max_retries=service.max_retries),
-        )
+        self.client = reward_client(cfg.reward_service)
         self.coordinator = ray.get_actor(cfg.coordinator.actor_name)
         self.rewards = [r.name for r in cfg.rewards]
         prompts = load_prompts(cfg.data.train_prompts, cfg.data.format)
