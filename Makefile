@@ -72,10 +72,14 @@ serve: setup
 monitor: setup
 	$(PY) deploy/monitor.py
 
+# Every benchmark runs; the target fails at the end if one of them missed a checked target.
 bench: setup
-	$(PY) bench/synthetic_mo.py
-	$(PY) bench/serving.py --quick
-	$(PY) bench/load.py --quick
+	@status=0; \
+	$(PY) bench/synthetic_mo.py || status=1; \
+	$(PY) bench/serving.py --quick || status=1; \
+	$(PY) bench/load.py --quick || status=1; \
+	if [ $$status -ne 0 ]; then echo "make bench: a benchmark missed a target (see FAIL above)" >&2; fi; \
+	exit $$status
 
 proto: setup
 	$(PY) -m services.proto.generate

@@ -43,7 +43,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable as a script from anywhere
+# Run as a script, Python puts bench/ first on sys.path, where bench/common.py would shadow the
+# repository's `common` package (and Ray would pass bench/ on to every worker): import from the
+# repository root instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.gpucheck.settings import Settings, full_settings, smoke_settings, tiny_settings  # noqa: E402

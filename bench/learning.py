@@ -38,6 +38,15 @@ from trainer.loop.evaluation_metrics import eval_summary  # noqa: E402
 from trainer.report import read_metrics, records_of_kind, vector  # noqa: E402
 
 CONFIG = ROOT / "deploy" / "configs" / "local.yaml"
+LEGEND = """\
+  <objective>  effect-size gain of the last evaluation over the base model: (mean after -
+               mean before) / the base model's std (higher is better; the targets below)
+  hypervolume  prod over objectives of max(0, gain + 1): 1 = no change (higher is better)
+  worst        the lowest objective's gain (higher is better)
+  seesaw       share of the objectives' movement between evaluations that went backwards:
+               0 = only improved, ~0.5 = random walk (lower is better)
+  seconds      wall time of the run
+  hypervolume, worst, seesaw and seconds are report only; the targets are checked per run"""
 MULTI_TARGET, MULTI_FLOOR, SINGLE_TARGET = 0.3, -0.1, 0.5
 
 
@@ -113,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_run(name, results[name])
     verdict = check_targets(results)
     print(_table(results))
+    print(LEGEND)
     for line in verdict["lines"]:
         print(line)
     path = out_dir / ("learning_quick.json" if args.quick else "learning.json")

@@ -56,7 +56,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:  # runnable as a script from anywhere
+# Run as a script, Python puts bench/ first on sys.path, where bench/common.py would shadow the
+# repository's `common` package (and Ray would pass bench/ on to every worker): import from the
+# repository root instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT / "bench"]
+if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from bench.common import free_port, local_reward_app, make_images  # noqa: E402

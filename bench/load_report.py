@@ -201,6 +201,17 @@ def goals(doc: dict) -> dict[str, bool]:
     return out
 
 
+LEGEND = """\
+  requests, req/s, img/s  sent requests and answered throughput (higher is better)
+  p50/p95/p99 ms          latency percentiles of the answered requests (lower is better)
+  5xx, other, lost        server errors; 4xx, timeouts, transport errors and bad answers;
+                          requests with no answer at all (0 is the goal for 5xx and lost)
+  mem MB start/end        resident memory of the replicas and proxies at the start and end
+  growth %                the largest growth of any replica or proxy process (lower is
+                          better; goal below)
+  the rows are measurements (report only); the goal lines below are what is checked"""
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -230,10 +241,7 @@ def format_report(doc: dict) -> str:
             f"{'whole run':<10}{'':>89}{_fmt(whole['start_mb'], '13.0f')}"
             f"{_fmt(whole['end_mb'], '7.0f')}{_fmt(whole['max_growth_pct'], '+9.2f')}"
         )
-    lines.append(
-        "  (growth %: the largest of any replica or proxy process; 'other': 4xx, "
-        "timeouts, transport errors, bad answers)"
-    )
+    lines.append(LEGEND)
     scale = doc.get("autoscaling")
     if scale:
         lines.append(

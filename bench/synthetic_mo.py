@@ -211,6 +211,15 @@ def paired_vs(per_seed: dict[str, list[dict]], reference: str) -> dict[str, dict
     return out
 
 
+LEGEND = """\
+  every row is report only (no target); cells are mean ± standard error over seeds
+  <objective>  effect-size gain: (expected reward after - before) / the base policy's
+               between-sample std (higher is better)
+  hypervol     prod over objectives of max(0, gain + 1): 1 = no change (higher is better)
+  worst        the lowest objective's gain (higher is better)
+  seesaw       share of the objectives' movement that went backwards (lower is better)"""
+
+
 def _row(name: str, width: int, cells: list[str]) -> str:
     return f"{name:<{width}}" + "".join(cells)
 
@@ -310,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(result, indent=1))
     print(f"effect-size gains after {s.steps} steps, mean ± s.e. over {s.seeds} seeds")
     print(format_table(result["table"]))
+    print(LEGEND)
     print("\nmean info terms over training (after warm-up for the P3 terms)")
     print(format_info(result["table"]))
     for ref, paired in result["paired"].items():

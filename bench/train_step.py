@@ -9,8 +9,9 @@ trainer issue:
   durations, i.e. what they would cost without overlap);
 - the coordinator (the exchange round trip, balancing included) adds under 1% of the epoch.
 
-Run: ``python bench/train_step.py [--epochs 6] [key=value ...]``; prints a table and writes
-``results/bench/train_step.json``. The first epoch (warm-up of every process) is left out.
+Run: ``python bench/train_step.py [--epochs 6] [key=value ...]``; prints a table (with a
+legend of its rows) and writes ``results/bench/train_step.json``. The first epoch (warm-up of
+every process) is left out. Exits 1 when a check fails (0 with ``--no-fail``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# Run as a script, Python puts bench/ first on sys.path, where bench/common.py would shadow the
+# repository's `common` package (and Ray would pass bench/ on to every worker): import from the
+# repository root instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 KEYS = [
     "time_sampling_s",
     "time_scoring_total_s",
@@ -34,6 +40,15 @@ KEYS = [
     "time_update_s",
     "time_epoch_s",
 ]
+LEGEND = """\
+  median s over the epochs after the first; every row is report only (lower is better),
+  the two checks below are the targets
+  time_sampling_s       rolling out images (SDE sampler), all micro-batches of the epoch
+  time_scoring_total_s  the scoring calls' summed durations: their cost without overlap
+  time_scoring_s        time spent waiting for scores after sampling (what overlap left)
+  time_coordinator_s    the coordinator round trip (exchange + balancing)
+  time_update_s         the policy update (PPO-clip + KL, DDP)
+  time_epoch_s          the whole epoch"""
 
 
 def run(epochs: int, overrides: list[str]) -> list[dict]:
@@ -83,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "train_step.json"))
+    parser.add_argument("--no-fail", action="store_true", help="exit 0 even if a check fails")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -92,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'part':<28}{'median s':>10}")
     for key in KEYS:
         print(f"{key:<28}{med[key]:>10.3f}")
+    print(LEGEND)
     print(
         f"\nepoch {med['time_epoch_s']:.3f} s <= 1.15 x max(sampling, scoring) + update = "
         f"{result['overlap_bound_s']:.3f} s: {'PASS' if result['overlap_ok'] else 'FAIL'}"
@@ -105,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"settings": vars(args), "records": records, **result}
     out.write_text(json.dumps(payload, indent=2))
     print(f"wall {time.perf_counter() - started:.0f} s; wrote {out}")
-    return 0
+    passed = result["overlap_ok"] and result["coordinator_ok"]
+    return 0 if passed or args.no_fail else 1
 
 
 if __name__ == "__main__":

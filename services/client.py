@@ -4,7 +4,7 @@ One client, three transports (Serve handles in the cluster, HTTP and gRPC outsid
 result type. It fans out to every requested reward concurrently, gives each call a timeout,
 retries with exponential backoff only what may succeed on retry (an unavailable replica, a
 timeout), and never turns a failure into a score: what could not be scored is NaN in the
-matrix, with the reason kept next to it.
+matrix, with the reason kept next to it, and so is the model that scored each reward.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.errors import RewardServiceError, Unavailable, as_service_error
-from services.protocol import ItemResult
+from services.protocol import ItemResult, ScoreResponse
 from services.transports import GrpcTransport, HandleTransport, HttpTransport, Transport
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class ScoreMatrix:
     failures: dict[str, str] = field(default_factory=dict)  # reward -> why it failed wholesale
     attempts: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0  # from submit until every reward answered
+    models: dict[str, str | None] = field(default_factory=dict)  # reward -> what scored it
 
     def unscored(self) -> dict[str, int]:
         """Number of images without a score, per reward."""
@@ -57,6 +58,14 @@ class RetryPolicy:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
         base = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
         return base * (0.5 + random.random() / 2)
+
+
+def _as_response(reward: str, reply: ScoreResponse | Sequence[ItemResult]) -> ScoreResponse:
+    """A transport's answer as a ``ScoreResponse``; a bare list of results (a transport written
+    before responses named their model) has no model."""
+    if isinstance(reply, ScoreResponse):
+        return reply
+    return ScoreResponse(reward=reward, results=list(reply))
 
 
 class RewardClient:
@@ -136,12 +145,13 @@ class RewardClient:
 
     def _call_with_retry(
         self, reward: str, images: list[np.ndarray], prompts: list[str] | None
-    ) -> tuple[list[ItemResult], int]:
+    ) -> tuple[ScoreResponse, int]:
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self.transport.score(reward, images, prompts, self.timeout_s), attempt
+                reply = self.transport.score(reward, images, prompts, self.timeout_s)
+                return _as_response(reward, reply), attempt
             except Exception as exc:
                 err = exc if isinstance(exc, RewardServiceError) else as_service_error(exc)
                 if not err.retryable or attempt > self.retry.max_retries:
@@ -160,12 +170,14 @@ class RewardClient:
         matrix = ScoreMatrix(rewards=rewards, scores=scores)
         for k, reward in enumerate(rewards):
             try:
-                results, attempts = calls[reward].result()
+                reply, attempts = calls[reward].result()
             except RewardServiceError as err:
                 matrix.failures[reward] = f"{err.code}: {err.message}"
                 matrix.attempts[reward] = int(err.details.get("attempts", 1))
                 continue
             matrix.attempts[reward] = attempts
+            matrix.models[reward] = reply.model
+            results = reply.results
             matrix.errors[reward] = [item.error for item in results]
             for i, item in enumerate(results):
                 if item.score is not None:

@@ -5,6 +5,7 @@ Usage::
     python -m services.eval --rewards pickscore,ocr --images DIR [--prompts FILE]
         [--url http://127.0.0.1:8000 | --grpc 127.0.0.1:9000]
         [--params pickscore.variant=pretrained ...] [--out results.csv] [--batch-size 16]
+        [--allow-random]
 
 Images: every ``.png``, ``.jpg`` and ``.jpeg`` file directly in DIR, sorted by file name, decoded
 by the services' own decoder (``services/images.py``). A file that does not decode gets an
@@ -19,20 +20,25 @@ Prompts (``--prompts``, required when a reward reads prompts):
   lines must equal the number of images (trailing blank lines aside), and no line may be blank.
 
 Without ``--url``/``--grpc`` each reward is built and loaded in this process (the ``tiny``
-random-weight variant unless ``--params reward.variant=pretrained ...`` says otherwise). With
-them, :class:`services.client.RewardClient` calls a running Serve app (``--params`` then does
-not apply: the server's config decides); a bearer token is read from ``$APEX_REWARD_TOKEN``.
+variant unless ``--params reward.variant=pretrained ...`` says otherwise). With them,
+:class:`services.client.RewardClient` calls a running Serve app (``--params`` then does not
+apply: the server's config decides); a bearer token is read from ``$APEX_REWARD_TOKEN``.
+
+What scored: every reward's model (``model_info``, or the ``model`` field of the server's
+answers) is printed under the summary. The ``tiny`` variants of the model-based rewards have
+random weights, so their scores mean nothing: they are refused (exit 2, before any model is
+loaded, or after the server's first answer) unless ``--allow-random`` is given.
 
 Output: a CSV with ``file``, ``prompt``, one score column per reward (empty = unscored) and one
 ``<reward>_error`` column per reward, and a summary table on stdout. Bad arguments (missing
-folder, no images, unknown reward, prompts that do not match) exit 2 with the reason.
+folder, no images, unknown reward, prompts that do not match, random weights not allowed) exit
+2 with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from collections import Counter, deque
@@ -41,122 +47,45 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from services.client import RewardClient, ScoreMatrix
 from services.errors import InvalidInput
+from services.eval_inputs import EvalError, list_images, load_prompts, parse_params
 from services.images import decode_bytes
+from services.rewards.base import is_random_model
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TOKEN_ENV = "APEX_REWARD_TOKEN"
 _REQUEST_ERRORS = ("unknown_reward", "invalid_input", "payload_too_large", "unauthenticated")
-
-
-class EvalError(Exception):
-    """A bad argument or input the user must fix (exit code 2)."""
 
 
 class ScoringError(Exception):
     """A reward failed as a whole on the first batch for another reason (exit code 1)."""
 
 
-# ---------------------------------------------------------------------------- inputs
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Every PNG/JPEG file directly in ``folder``, sorted by name."""
-    if not folder.is_dir():
-        raise EvalError(f"--images: {folder} is not a directory")
-    files = sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.name,
-    )
-    if not files:
-        raise EvalError(f"--images: no .png/.jpg/.jpeg files in {folder}")
-    return files
-
-
-def load_prompts(path: Path, names: Sequence[str]) -> list[str]:
-    """One prompt per image name, from a JSONL file (by name) or a text file (by position)."""
-    if not path.is_file():
-        raise EvalError(f"--prompts: {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".jsonl":
-        return _prompts_from_jsonl(path, text, names)
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if len(lines) != len(names):
-        raise EvalError(
-            f"--prompts: {path} has {len(lines)} lines but {len(names)} images were found; "
-            "a plain-text prompt file needs one line per image, in sorted file-name order "
-            "(or use a .jsonl file with 'file' and 'prompt' keys)"
-        )
-    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
-    if blank:
-        raise EvalError(f"--prompts: {path} line {blank[0]} is blank; every line is one prompt")
-    return lines
-
-
-def _prompts_from_jsonl(path: Path, text: str, names: Sequence[str]) -> list[str]:
-    by_name: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvalError(f"--prompts: {path} line {number} is not valid JSON ({exc})") from None
-        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)):
-            raise EvalError(f"--prompts: {path} line {number} needs a string 'file' key")
-        if not isinstance(entry.get("prompt"), str):
-            raise EvalError(f"--prompts: {path} line {number} needs a string 'prompt' key")
-        name = Path(entry["file"]).name
-        if name in by_name:
-            raise EvalError(f"--prompts: {path} line {number} repeats the file {name!r}")
-        by_name[name] = entry["prompt"]
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise EvalError(f"--prompts: {path} has no prompt for {len(missing)} image(s): {shown}")
-    extra = len(set(by_name) - set(names))
-    if extra:
-        print(f"note: {extra} prompt entries in {path} have no image; ignored", file=sys.stderr)
-    return [by_name[n] for n in names]
-
-
-def parse_params(items: Sequence[str], rewards: Sequence[str]) -> dict[str, dict]:
-    """``reward.key.sub=value`` items -> ``{reward: {key: {sub: value}}}`` (values are YAML)."""
-    params: dict[str, dict] = {r: {} for r in rewards}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or len(parts) < 2 or not all(parts):
-            raise EvalError(
-                f"--params {item!r}: expected reward.key=value, e.g. pickscore.variant=pretrained"
-            )
-        if parts[0] not in params:
-            raise EvalError(f"--params {item!r}: {parts[0]!r} is not one of --rewards")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise EvalError(f"--params {item!r}: the value is not valid YAML ({exc})") from None
-        node = params[parts[0]]
-        for part in parts[1:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise EvalError(f"--params {item!r}: {part!r} is already set to a value")
-        node[parts[-1]] = value
-    return params
-
-
 # ---------------------------------------------------------------------------- scorers
+
+
+def refuse_random(models: dict[str, str | None], allow: bool, remote: bool) -> None:
+    """Stop (``EvalError``) when a reward scores with random weights and ``allow`` is off."""
+    random = [name for name, model in models.items() if is_random_model(model)]
+    if not random or allow:
+        return
+    listed = "; ".join(f"{name}: {models[name]}" for name in random)
+    if remote:
+        fix = "serve them with real weights (the server's config decides)"
+    else:
+        params = " ".join(f"{name}.variant=pretrained" for name in random)
+        fix = f"load real weights with --params {params}"
+    raise EvalError(
+        f"random weights would score {', '.join(random)}, so the scores would mean nothing "
+        f"({listed}); {fix}, or pass --allow-random to score with them anyway (tests, smoke runs)"
+    )
 
 
 class LocalScorer:
     """Every reward built and loaded in this process; returns the client's ``ScoreMatrix``."""
 
-    def __init__(self, rewards: Sequence[str], params: dict[str, dict]):
+    def __init__(self, rewards: Sequence[str], params: dict[str, dict], allow_random: bool):
         from services.rewards.base import build_reward
 
         self.rewards = list(rewards)
@@ -166,16 +95,19 @@ class LocalScorer:
                 self.models[name] = build_reward(name, params.get(name))
             except (KeyError, ValueError) as exc:
                 raise EvalError(exc.args[0] if exc.args else str(exc)) from None
+        self.descriptions = {n: m.model_info().description for n, m in self.models.items()}
+        refuse_random(self.descriptions, allow_random, remote=False)
         for model in self.models.values():
             model.load()
 
     def submit(self, images: list[np.ndarray], prompts: list[str] | None) -> Future:
         """Score synchronously; a finished future, so callers treat both scorers alike."""
         scores = np.full((len(self.rewards), len(images)), np.nan)
-        matrix = ScoreMatrix(rewards=self.rewards, scores=scores)
+        matrix = ScoreMatrix(rewards=self.rewards, scores=scores, models=dict(self.descriptions))
+        prompts = prompts or [None] * len(images)
         for k, name in enumerate(self.rewards):
             try:
-                values = self.models[name].score(images, prompts or [None] * len(images))
+                values = self.models[name].score(images, prompts)
             except Exception as exc:  # one reward failing must not stop the others
                 matrix.failures[name] = f"{type(exc).__name__}: {exc}"
                 continue
@@ -183,7 +115,12 @@ class LocalScorer:
             for i, value in enumerate(values):
                 ok = value is not None and np.isfinite(value)
                 scores[k, i] = value if ok else np.nan
-                errors.append(None if ok else "the reward could not score this image")
+                if ok:
+                    errors.append(None)
+                elif value is None:
+                    errors.append(self.models[name].unscored_reason(prompts[i]))
+                else:
+                    errors.append(f"the reward returned a non-finite score ({value})")
             matrix.errors[name] = errors
         future: Future = Future()
         future.set_result(matrix)
@@ -194,7 +131,7 @@ class LocalScorer:
 
 
 class RemoteScorer:
-    """The rewards of a running Serve app, over HTTP or gRPC."""
+    """The rewards of a running Serve app, over HTTP or gRPC; the server decides the models."""
 
     def __init__(self, rewards: Sequence[str], url: str | None, grpc_target: str | None):
         token = os.environ.get(TOKEN_ENV) or None
@@ -203,6 +140,7 @@ class RemoteScorer:
         else:
             self.client = RewardClient.over_grpc(grpc_target, token=token)
         self.rewards = list(rewards)
+        self.descriptions: dict[str, str | None] = {}  # known from the answers only
 
     def submit(self, images: list[np.ndarray], prompts: list[str] | None) -> Future:
         """Start scoring one batch with every reward."""
@@ -216,13 +154,21 @@ class RemoteScorer:
 # ---------------------------------------------------------------------------- evaluation
 
 
-def evaluate(scorer, files: Sequence[Path], prompts: list[str] | None, batch_size: int) -> dict:
-    """Score every file in batches (two in flight); returns scores [K, N] and errors [K][N]."""
+def evaluate(
+    scorer,
+    files: Sequence[Path],
+    prompts: list[str] | None,
+    batch_size: int,
+    allow_random: bool = False,
+) -> dict:
+    """Score every file in batches (two in flight); returns scores [K, N], errors [K][N] and
+    the model of each reward (refused after the first answer if random and not allowed)."""
     from tqdm import tqdm
 
     rewards = scorer.rewards
     scores = np.full((len(rewards), len(files)), np.nan)
     errors: list[list[str | None]] = [[None] * len(files) for _ in rewards]
+    models: dict[str, str | None] = {r: scorer.descriptions.get(r) for r in rewards}
     pending: deque[tuple[list[int], Future]] = deque()
     starts = range(0, len(files), batch_size)
     merged = 0
@@ -245,10 +191,14 @@ def evaluate(scorer, files: Sequence[Path], prompts: list[str] | None, batch_siz
                 bar.update(len(index))
             while pending and (len(pending) > 1 or batch_no == len(starts) - 1):
                 kept_done, future = pending.popleft()
-                _merge(future.result(), kept_done, scores, errors, first=merged == 0)
+                matrix = future.result()
+                models.update({r: m for r, m in matrix.models.items() if m})
+                if merged == 0:
+                    refuse_random(matrix.models, allow_random, remote=True)
+                _merge(matrix, kept_done, scores, errors, first=merged == 0)
                 merged += 1
                 bar.update(len(kept_done))
-    return {"rewards": rewards, "scores": scores, "errors": errors}
+    return {"rewards": rewards, "scores": scores, "errors": errors, "models": models}
 
 
 def _merge(matrix: ScoreMatrix, kept: list[int], scores, errors, first: bool) -> None:
@@ -306,6 +256,10 @@ def summary_table(result: dict) -> str:
             notes.append(f"  {reward}: {count} x {reason}")
     if notes:
         lines += ["", "most common reason an image went unscored:", *notes]
+    models = result.get("models", {})
+    lines += ["", "scored by:"]
+    for reward in result["rewards"]:
+        lines.append(f"  {reward}: {models.get(reward) or 'unknown (the server did not say)'}")
     return "\n".join(lines)
 
 
@@ -334,6 +288,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="CSV path (default results/eval/<DIR>.csv)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per request")
+    parser.add_argument(
+        "--allow-random",
+        action="store_true",
+        help="score with random-weight test models too (their scores mean nothing)",
+    )
     return parser.parse_args(argv)
 
 
@@ -352,9 +311,12 @@ def run(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts, [f.name for f in files]) if args.prompts else None
     if prompts is None:
         _require_prompts(rewards, strict=not remote)
-    scorer = RemoteScorer(rewards, args.url, args.grpc) if remote else LocalScorer(rewards, params)
+    if remote:
+        scorer = RemoteScorer(rewards, args.url, args.grpc)
+    else:
+        scorer = LocalScorer(rewards, params, args.allow_random)
     try:
-        result = evaluate(scorer, files, prompts, args.batch_size)
+        result = evaluate(scorer, files, prompts, args.batch_size, args.allow_random)
     finally:
         scorer.close()
     out = args.out or Path("results/eval") / f"{args.images.resolve().name or 'images'}.csv"

@@ -151,8 +151,9 @@ def _pil_to_rgb(image: Image.Image, index: int) -> np.ndarray:
         raise InvalidInput(f"image {index}: unsupported color mode {mode!r} ({exc})") from None
 
 
-def decode_bytes(data: bytes, index: int = 0, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Decode one encoded image file (PNG, JPEG, ...) into a uint8 RGB array [H, W, 3]."""
+def open_header(data: bytes, index: int = 0, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Open an encoded image file, reading only its header: its byte size, format and pixel
+    size are checked against ``limits``; no pixel is decoded. The caller closes the image."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidInput(
             f"image {index}: expected encoded image bytes, got {type(data).__name__}"
@@ -176,8 +177,17 @@ def decode_bytes(data: bytes, index: int = 0, limits: ImageLimits = DEFAULT_LIMI
         ) from None
     except Exception as exc:
         raise InvalidInput(f"image {index}: unreadable image header ({exc})") from None
-    with image:
+    try:
         _check_size(image.width, image.height, index, limits)
+    except RewardServiceError:
+        image.close()
+        raise
+    return image
+
+
+def decode_bytes(data: bytes, index: int = 0, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode one encoded image file (PNG, JPEG, ...) into a uint8 RGB array [H, W, 3]."""
+    with open_header(data, index, limits) as image:
         file_format = image.format
         try:
             image.load()

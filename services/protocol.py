@@ -47,6 +47,10 @@ _IMAGES_DOC = (
     "padding; a data:<mime type>;base64, prefix is allowed."
 )
 _PROMPTS_DOC = "One prompt per image, or omitted (null or []) for rewards that read no prompt."
+_MODEL_DOC = (
+    "What scored, in one line: a checkpoint or engine, a closed-form rule, or a test model; "
+    "a test model's description starts with 'random-weight' (its scores mean nothing)."
+)
 _RAW_DOC = "Uncompressed images (no encode or decode cost); send these or `images`, not both."
 _NO_SIZE_LIMIT = ImageLimits(max_bytes=2**62)  # raw data: bounded by pixels, in from_raw
 # the proto's uint32 (meaning is checked per image); strict: JSON false or "3" is no integer
@@ -152,7 +156,7 @@ class ScoreResponse(_Response):
 
     reward: str
     results: list[ItemResult]
-    model: str | None = Field(None, description="which model scored, e.g. 'tiny' or an HF id")
+    model: str | None = Field(None, description=_MODEL_DOC)
 
     def scores(self) -> list[float | None]:
         """The scores alone, ``None`` where an image was not scored."""
@@ -165,6 +169,7 @@ class RewardResult(_Response):
     reward: str
     results: list[ItemResult] = Field(default_factory=list, description="empty if error is set")
     error: str | None = Field(None, description="set when this reward failed as a whole")
+    model: str | None = Field(None, description=_MODEL_DOC + " None if error is set.")
 
 
 class ScoreManyResponse(_Response):
@@ -198,6 +203,7 @@ class RewardInfo(_Response):
     name: str
     needs_prompt: bool
     description: str = ""
+    model: str | None = Field(None, description=_MODEL_DOC)
     config: dict[str, Any] = Field(default_factory=dict, description="the reward's Config")
     ready: bool
 

@@ -1,8 +1,9 @@
 """The three ways to reach a reward deployment: Serve handles, HTTP and gRPC.
 
 Each transport has one blocking call, ``score(reward, images, prompts, timeout_s)``, that
-returns one :class:`~services.protocol.ItemResult` per image or raises a typed
-:mod:`services.errors` error, so the client's fan-out, retry and failure policy exist once.
+returns a :class:`~services.protocol.ScoreResponse` (one ``ItemResult`` per image and the
+``model`` that scored) or raises a typed :mod:`services.errors` error, so the client's fan-out,
+retry and failure policy exist once.
 
 HTTP and gRPC send images as ``raw`` pixels by default: lossless, and free of the PNG encode
 (client) and decode (server) that cost more than a CLIP forward pass on a CPU. ``png`` sends
@@ -21,7 +22,7 @@ import numpy as np
 
 from services.errors import from_grpc, from_http, from_ray_error
 from services.images import RawPixels, encode_base64_png, encode_png
-from services.protocol import ItemResult, ScoreResponse, from_proto, raw_request_json
+from services.protocol import ScoreResponse, from_proto, raw_request_json
 
 ImageFormat = Literal["raw", "png"]
 IMAGE_FORMATS: tuple[str, ...] = ("raw", "png")
@@ -62,7 +63,7 @@ class Transport(Protocol):
         images: Sequence[np.ndarray],
         prompts: Sequence[str] | None,
         timeout_s: float,
-    ) -> list[ItemResult]:
+    ) -> ScoreResponse:
         """Score one batch with one reward (blocking)."""
         ...
 
@@ -85,12 +86,12 @@ class HandleTransport:
             self._handles[reward] = serve.get_deployment_handle(reward, app_name=self.app_name)
         return self._handles[reward]
 
-    def score(self, reward, images, prompts, timeout_s) -> list[ItemResult]:
+    def score(self, reward, images, prompts, timeout_s) -> ScoreResponse:
         """Call ``RewardDeployment.score`` through the handle."""
         try:
             handle = self._handle(reward)
             raw = handle.score.remote(list(images), list(prompts) if prompts else None)
-            return [ItemResult.model_validate(item) for item in raw.result(timeout_s=timeout_s)]
+            return ScoreResponse.model_validate(raw.result(timeout_s=timeout_s))
         except Exception as exc:
             raise from_ray_error(exc) from exc
 
@@ -133,7 +134,7 @@ class HttpTransport:
             content = json.dumps(body).encode("ascii")
         return content, "application/json"
 
-    def score(self, reward, images, prompts, timeout_s) -> list[ItemResult]:
+    def score(self, reward, images, prompts, timeout_s) -> ScoreResponse:
         """``POST /v1/rewards/{reward}/score``."""
         import httpx
 
@@ -155,7 +156,7 @@ class HttpTransport:
             except ValueError:
                 payload = response.text
             raise from_http(response.status_code, payload)
-        return ScoreResponse.model_validate(response.json()).results
+        return ScoreResponse.model_validate(response.json())
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -188,7 +189,7 @@ class GrpcTransport:
         if token:
             self._metadata.append(("authorization", f"Bearer {token}"))
 
-    def score(self, reward, images, prompts, timeout_s) -> list[ItemResult]:
+    def score(self, reward, images, prompts, timeout_s) -> ScoreResponse:
         """``RewardService.Score``."""
         import grpc
 
@@ -197,7 +198,7 @@ class GrpcTransport:
             reply = self._stub.Score(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_grpc(exc.code(), exc.details() or "") from exc
-        return from_proto(reply, ScoreResponse).results
+        return from_proto(reply, ScoreResponse)
 
     def close(self) -> None:
         """Close the channel."""

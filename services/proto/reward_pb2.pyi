@@ -17,14 +17,16 @@ class ItemResult(_message.Message):
     def __init__(self, score: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class RewardResult(_message.Message):
-    __slots__ = ("reward", "results", "error")
+    __slots__ = ("reward", "results", "error", "model")
     REWARD_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     reward: str
     results: _containers.RepeatedCompositeFieldContainer[ItemResult]
     error: str
-    def __init__(self, reward: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, reward: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., error: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class RawImage(_message.Message):
     __slots__ = ("height", "width", "channels", "data")

@@ -19,6 +19,7 @@ from services.rewards._torch import (
     build_tiny_clip,
     image_embeds,
     load_pretrained_clip,
+    model_ref,
     text_embeds,
 )
 from services.rewards.base import Image, RewardConfig
@@ -43,7 +44,12 @@ class ClipSimilarityReward(TorchReward):
 
     Config = ClipSimilarityConfig
     needs_prompt = True
+    tiny_model = "CLIP"
     clip: ClipParts
+
+    def pretrained_model(self) -> str:
+        """The CLIP checkpoint, e.g. ``yuvalkirstain/PickScore_v1``."""
+        return model_ref(self.config.model, self.config.revision)
 
     def _load(self) -> None:
         cfg = self.config

@@ -4,7 +4,8 @@ One place for what every torch reward would otherwise repeat: resolving the devi
 running a forward pass over chunks of ``batch_size``, turning tensors into ``float | None``
 lists, CLIP-style image preprocessing without torchvision (PIL resize, center crop,
 normalize), the tiny random-weight CLIP built in code for tests, and the pretrained CLIP
-loaders. The leading underscore keeps the reward registry from importing it as a reward.
+loaders, and what each variant says it scores with (``model_info``). The leading underscore
+keeps the reward registry from importing it as a reward.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from PIL import Image as PILImage
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from common.vocabulary import byte_level_clip_vocab
-from services.rewards.base import Image, RewardModel
+from services.rewards.base import RANDOM_WEIGHTS_PREFIX, Image, ModelInfo, RewardModel
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,11 @@ def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
 def is_local_path(name: str) -> bool:
     """Whether a model reference names a local directory rather than a Hub id."""
     return name.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(name))
+
+
+def model_ref(name: str, revision: str | None = None) -> str:
+    """A checkpoint as a description names it: ``hub/id`` or ``hub/id@<12 hex>``, or the path."""
+    return f"{name}@{revision[:12]}" if revision else name
 
 
 def run_chunked(fn: Callable[..., torch.Tensor], *seqs: Sequence, batch_size: int) -> torch.Tensor:
@@ -358,6 +364,21 @@ class TorchReward(RewardModel):
 
     device: torch.device
     dtype: torch.dtype
+    tiny_model: ClassVar[str] = "model"  # what the tiny variant builds, e.g. "CLIP"
+
+    def model_info(self) -> ModelInfo:
+        """``tiny``: the random-weight test model; ``pretrained``: the checkpoint it loads."""
+        if self.config.variant == "tiny":
+            return ModelInfo(
+                f"{RANDOM_WEIGHTS_PREFIX} tiny {self.tiny_model} "
+                f"(test variant, seed {self.config.seed})",
+                random_weights=True,
+            )
+        return ModelInfo(f"{self.pretrained_model()} (pretrained weights)")
+
+    @abstractmethod
+    def pretrained_model(self) -> str:
+        """The checkpoint(s) the pretrained variant loads, e.g. ``yuvalkirstain/PickScore_v1``."""
 
     def load(self) -> None:
         """Resolve device and dtype, then build or load the model once."""

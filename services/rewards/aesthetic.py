@@ -24,6 +24,7 @@ from services.rewards._torch import (
     build_tiny_clip,
     image_embeds,
     load_pretrained_clip,
+    model_ref,
 )
 from services.rewards.base import Image, RewardConfig, register
 
@@ -116,8 +117,14 @@ class Aesthetic(TorchReward):
     Config = AestheticConfig
     needs_prompt = False
     description = "LAION improved aesthetic predictor on CLIP ViT-L/14 (raw 1-10 scale)"
+    tiny_model = "CLIP + aesthetic MLP"
     clip: ClipParts
     mlp: AestheticMLP
+
+    def pretrained_model(self) -> str:
+        """The CLIP checkpoint and the MLP weights file."""
+        cfg = self.config
+        return f"{model_ref(cfg.model, cfg.revision)} + MLP {Path(cfg.mlp_weights or '').name}"
 
     def _load(self) -> None:
         cfg = self.config

@@ -5,6 +5,12 @@ replica (weights are never loaded at import time), and a batched ``score()`` tha
 value per image, ``None`` where the image could not be scored (never a made-up 0, which would
 corrupt the group baseline). Decoding, batching, metrics and error mapping live elsewhere and
 are shared by every reward.
+
+Every reward also says what scores (``model_info()``): a one-line description of the model,
+computed from the config alone (before ``load()``), and whether its weights are random. The
+``tiny`` variants of the model-based rewards are random-weight models built in code for tests:
+their scores mean nothing, so evaluation refuses them unless asked (``services.eval
+--allow-random``). The description travels in every score response's ``model`` field.
 """
 
 from __future__ import annotations
@@ -13,12 +19,41 @@ import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Image = np.ndarray  # uint8 RGB array of shape [height, width, 3]
+RANDOM_WEIGHTS_PREFIX = "random-weight"  # how every random-weight model description begins
+UNSCORED = "the reward could not score this image"  # the reason when a reward gives none
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a reward scores with: ``description`` (one line) and whether its weights are random.
+
+    A random-weight description starts with ``RANDOM_WEIGHTS_PREFIX`` and no other does, so a
+    caller that only sees the wire's ``model`` string can tell (``is_random_model``).
+    """
+
+    description: str
+    random_weights: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.description:
+            raise ValueError("a model description must not be empty")
+        if is_random_model(self.description) != self.random_weights:
+            raise ValueError(
+                f"model description {self.description!r}: it must start with "
+                f"{RANDOM_WEIGHTS_PREFIX!r} exactly when the weights are random"
+            )
+
+
+def is_random_model(description: str | None) -> bool:
+    """Whether a ``model`` description (as sent on the wire) names random weights."""
+    return bool(description) and description.startswith(RANDOM_WEIGHTS_PREFIX)
 
 
 class RewardConfig(BaseModel):
@@ -54,6 +89,15 @@ class RewardModel(ABC):
     @abstractmethod
     def score(self, images: Sequence[Image], prompts: Sequence[str | None]) -> list[float | None]:
         """Score a batch: one float per image, ``None`` where it cannot be scored."""
+
+    @abstractmethod
+    def model_info(self) -> ModelInfo:
+        """What scores, from the config alone (callable before ``load()``)."""
+
+    def unscored_reason(self, prompt: str | None) -> str:
+        """Why ``score()`` gave ``None`` for an image with this prompt; a reward that knows
+        more (e.g. OCR: the prompt names no text) says so."""
+        return UNSCORED
 
     def health_check(self) -> None:
         """Raise if the model is broken; the default scores a small probe image."""

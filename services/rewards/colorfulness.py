@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from services.rewards._torch import as_rgb_uint8
-from services.rewards.base import Image, RewardConfig, RewardModel, register
+from services.rewards.base import Image, ModelInfo, RewardConfig, RewardModel, register
 
 
 def colourfulness(image: Image) -> float | None:
@@ -50,6 +50,10 @@ class Colorfulness(RewardModel):
     Config = ColorfulnessConfig
     needs_prompt = False
     description = "Hasler-Süsstrunk (2003) colourfulness M on 0-255 RGB (raw scale, ~0-100+)"
+
+    def model_info(self) -> ModelInfo:
+        """A closed-form metric: no weights."""
+        return ModelInfo("closed form: Hasler-Süsstrunk colourfulness M (no weights)")
 
     def score(self, images: Sequence[Image], prompts: Sequence[str | None]) -> list[float | None]:
         """M / scale of each image; ``None`` for an image without pixels."""

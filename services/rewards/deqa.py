@@ -34,6 +34,7 @@ from services.rewards._torch import (
     as_rgb_uint8,
     dtype_kwargs,
     is_local_path,
+    model_ref,
 )
 from services.rewards.base import Image, RewardConfig, register
 
@@ -229,8 +230,13 @@ class Deqa(TorchReward):
     Config = DeqaConfig
     needs_prompt = False
     description = "DeQA-Score (mPLUG-Owl2) expected quality level / 5"
+    tiny_model = "CLIP-vision + Llama MLLM"
     backbone: nn.Module
     preprocess: ClipPreprocess
+
+    def pretrained_model(self) -> str:
+        """The DeQA-Score checkpoint at its pinned revision."""
+        return model_ref(self.config.model, self.config.revision)
 
     def _load(self) -> None:
         cfg = self.config

@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 from pydantic import Field
 
 from services.rewards._torch import as_rgb_uint8
-from services.rewards.base import Image, RewardConfig, RewardModel, register
+from services.rewards.base import Image, ModelInfo, RewardConfig, RewardModel, register
 
 
 def jpeg_kilobytes(image: Image, quality: int = 95) -> float:
@@ -40,6 +40,10 @@ class JpegCompressibility(RewardModel):
     Config = JpegCompressibilityConfig
     needs_prompt = False
     description = "negative JPEG (q=95) size in kB / 500 (DDPO, Flow-GRPO scale)"
+
+    def model_info(self) -> ModelInfo:
+        """A closed-form measurement: no weights."""
+        return ModelInfo(f"closed form: PIL JPEG q={self.config.quality} file size (no weights)")
 
     def score(self, images: Sequence[Image], prompts: Sequence[str | None]) -> list[float | None]:
         """Negative scaled JPEG size of each image."""

@@ -11,7 +11,8 @@ Definition, as in Flow-GRPO's ``flow_grpo/ocr.py``:
 
 Where this file decides differently from Flow-GRPO, it returns ``None`` ("could not score")
 instead of crashing or inventing a 0: a prompt without a quoted target, an empty target, and an
-engine error on one image. An image on which the engine reads nothing is a real score (0.0).
+engine error on one image; ``unscored_reason`` then says which of these it was (e.g. the prompt
+has no straight double quotes). An image on which the engine reads nothing is a real score (0.0).
 
 ``variant`` (tiny/pretrained), ``dtype``, ``batch_size`` and ``seed`` do not apply: the real
 PP-OCR ONNX models ship inside the rapidocr wheel, so every variant runs the real engine, and
@@ -28,7 +29,7 @@ import numpy as np
 from pydantic import Field
 from rapidfuzz.distance import Levenshtein
 
-from services.rewards.base import Image, RewardConfig, RewardModel, register
+from services.rewards.base import Image, ModelInfo, RewardConfig, RewardModel, register
 from services.rewards.ocr_engines import (
     DetLimitType,
     OcrEngine,
@@ -40,6 +41,8 @@ from services.rewards.ocr_engines import (
 logger = logging.getLogger(__name__)
 
 QUOTE = '"'  # only the straight ASCII quote delimits a target, as in Flow-GRPO
+CURLY_QUOTES = "\u201c\u201d\u201e\u00ab\u00bb"  # look like quotes, never delimit a target
+EXAMPLE = 'e.g. a sign that says "OPEN"'
 
 
 class OcrConfig(RewardConfig):
@@ -92,6 +95,28 @@ def extract_target(prompt: str | None) -> str | None:
     if end < 0:
         return None
     return normalize_text(prompt[start + 1 : end]) or None
+
+
+def target_problem(prompt: str | None) -> str | None:
+    """Why ``extract_target(prompt)`` finds no text to read, in words; ``None`` if it finds one."""
+    if extract_target(prompt) is not None:
+        return None
+    if prompt is None:
+        return f"no prompt: the OCR reward reads the text to find from the prompt ({EXAMPLE})"
+    count = prompt.count(QUOTE)
+    if count == 0 and any(c in prompt for c in CURLY_QUOTES):
+        return (
+            'prompt names no text to read: only straight double quotes (") mark it, not '
+            f"curly ones ({EXAMPLE})"
+        )
+    if count == 0:
+        return (
+            "prompt names no text to read: expected the text between straight double quotes "
+            f"({EXAMPLE})"
+        )
+    if count == 1:
+        return f"prompt has one double quote and no closing one around the text to read ({EXAMPLE})"
+    return f"prompt quotes empty text: put the text to read between the double quotes ({EXAMPLE})"
 
 
 def join_lines(lines: Iterable[TextLine], min_confidence: float) -> str:
@@ -152,6 +177,17 @@ class OcrReward(RewardModel):
         """``engine`` replaces the one ``config.engine`` names (tests, custom engines)."""
         super().__init__(config)
         self.engine: OcrEngine = engine if engine is not None else build_engine(config)
+
+    def model_info(self) -> ModelInfo:
+        """The engine and its models; every variant runs real weights."""
+        return ModelInfo(self.engine.description)
+
+    def unscored_reason(self, prompt: str | None) -> str:
+        """What the prompt lacks, or that the engine failed on the image."""
+        return target_problem(prompt) or (
+            f"the OCR engine failed on this image ({type(self.engine).__name__}; "
+            "the replica's log has the error)"
+        )
 
     def load(self) -> None:
         """Load the OCR engine's models once per replica."""

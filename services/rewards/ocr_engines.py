@@ -9,7 +9,8 @@ Two engines read text lines out of an image:
   ``runtime_env`` (the ``paddle`` extra), never in the main environment.
 
 Both take our images (uint8 RGB ``[H, W, 3]``) and convert them to BGR, the OpenCV order both
-engines assume for numpy input. Neither engine is imported until ``load()``.
+engines assume for numpy input. Neither engine is imported until ``load()``; each describes its
+models (``description``) without importing anything, for the responses' ``model`` field.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from importlib import metadata
 from typing import Any, Literal
 
 import numpy as np
@@ -25,10 +27,16 @@ logger = logging.getLogger(__name__)
 
 TextLine = tuple[str, float]  # (recognized text of one line/box, recognition confidence)
 DetLimitType = Literal["max", "min"]
+ONNX_MODELS = "PP-OCRv6 small det + rec"  # rapidocr's default models (a unit test checks)
 
 
 class OcrEngine(ABC):
     """Reads text lines from one image; ``load()`` runs once per replica before any ``read()``."""
+
+    @property
+    def description(self) -> str:
+        """The engine and its models in one line (a custom engine may say more)."""
+        return f"{type(self).__name__} (custom OCR engine)"
 
     @abstractmethod
     def load(self) -> None:
@@ -51,6 +59,15 @@ def rgb_to_bgr(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB array, got dtype {image.dtype}")
     return np.ascontiguousarray(image[..., ::-1])
+
+
+def _version(package: str) -> str:
+    """``package`` and its installed version, found without importing it (e.g. a replica's
+    runtime_env may hold a package this process lacks)."""
+    try:
+        return f"{package} {metadata.version(package)}"
+    except metadata.PackageNotFoundError:
+        return package
 
 
 def _cuda_index(device: str) -> int | None:
@@ -91,6 +108,11 @@ class OnnxOcrEngine(OcrEngine):
             self.params["EngineConfig.onnxruntime.use_cuda"] = True
             self.params["EngineConfig.onnxruntime.cuda_ep_cfg.device_id"] = cuda
         self._ocr: Any = None
+
+    @property
+    def description(self) -> str:
+        """E.g. ``PP-OCRv6 small det + rec ONNX (rapidocr 3.10.0 wheel, real weights)``."""
+        return f"{ONNX_MODELS} ONNX ({_version('rapidocr')} wheel, real weights)"
 
     def load(self) -> None:
         """Build the rapidocr pipeline from the models inside its wheel (no download)."""
@@ -142,6 +164,14 @@ class PaddleOcrEngine(OcrEngine):
         self.device = device
         self._ocr: Any = None
         self._legacy = False  # True for PaddleOCR 2.x
+
+    @property
+    def description(self) -> str:
+        """E.g. ``paddleocr 3.0.0 det + rec, lang en (real weights, downloaded at first use)``."""
+        return (
+            f"{_version('paddleocr')} det + rec, lang {self.lang} "
+            "(real weights, downloaded at first use)"
+        )
 
     def load(self) -> None:
         """Import paddleocr and build its pipeline (downloads models on first use)."""

@@ -73,7 +73,7 @@ from pydantic import Field
 
 from common.vocabulary import COLOURS
 from services.rewards._torch import as_rgb_uint8
-from services.rewards.base import Image, RewardConfig, RewardModel, register
+from services.rewards.base import Image, ModelInfo, RewardConfig, RewardModel, register
 
 # fill ratio of each shape's bounding box: the prototypes of the shape-type score
 FILL_RATIOS: dict[str, float] = {"triangle": 0.5, "circle": math.pi / 4, "square": 1.0}
@@ -270,6 +270,24 @@ class PromptAlignment(RewardModel):
     description: ClassVar[str] = (
         "pixel check of a scene caption's background colour, shape colour and shape, in [0, 1]"
     )
+
+    def model_info(self) -> ModelInfo:
+        """A closed-form pixel rule: no weights."""
+        return ModelInfo("closed form: pixel rule for the synthetic scene captions (no weights)")
+
+    def unscored_reason(self, prompt: str | None) -> str:
+        """What is wrong with the caption, or that the image is too small."""
+        if prompt is None:
+            return "no prompt: the reward checks the image against its caption"
+        caption = parse_caption(prompt)
+        if caption is None:
+            return (
+                "caption outside the grammar 'a|an {colour} {shape} on a|an {background} "
+                'background[ with the word "WORD"]\' (shape: circle, square or triangle)'
+            )
+        if caption.colour == caption.background:
+            return "the caption gives the shape and the background the same colour"
+        return f"image too small: its shorter side is under {4 * self.config.border} pixels"
 
     def score(self, images: Sequence[Image], prompts: Sequence[str | None]) -> list[float | None]:
         """One reward per image; ``None`` for a caption outside the grammar or a tiny image."""

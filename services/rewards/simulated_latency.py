@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import Field
 
-from services.rewards.base import Image, RewardConfig, RewardModel, register
+from services.rewards.base import Image, ModelInfo, RewardConfig, RewardModel, register
 
 
 class SimulatedLatencyConfig(RewardConfig):
@@ -37,6 +37,10 @@ class SimulatedLatency(RewardModel):
     Config = SimulatedLatencyConfig
     needs_prompt = False
     description = "stand-in with a set latency (benchmarks, fault tests); score = mean pixel / 255"
+
+    def model_info(self) -> ModelInfo:
+        """No model: a benchmark stand-in, which a description must not hide."""
+        return ModelInfo("stand-in for benchmarks: mean brightness after a set sleep (no model)")
 
     def score(self, images: Sequence[Image], prompts: Sequence[str | None]) -> list[float | None]:
         """Sleep ``per_call_ms + per_image_ms * len(images)``, then score each image."""

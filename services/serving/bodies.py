@@ -1,4 +1,5 @@
-"""Score request bodies over HTTP: JSON (the documented default) or the gRPC protobuf message.
+"""Score request bodies over HTTP: JSON (the documented default), the gRPC protobuf message, or
+a multipart form of uploaded files.
 
 ``POST /v1/rewards/{name}/score`` and ``POST /v1/score`` read their body by ``Content-Type``:
 
@@ -9,8 +10,11 @@
   clients that move large batches but cannot use gRPC: no base64 (a third smaller) and no JSON
   scan, which on a CPU cost ~0.1 s per 32 raw 512x512 images on each side. The message's
   ``reward`` field is ignored on the single-reward route (the URL names the reward).
+- ``multipart/form-data``: ``image`` file fields (and ``prompt``, ``reward`` text fields), as
+  ``curl -F image=@a.png`` sends them; read by :mod:`services.serving.multipart` into the same
+  proto message.
 
-Both end as the same request object for ``protocol.request_images``; a protobuf body gets the
+All end as the same request object for ``protocol.request_images``; a protobuf body gets the
 same checks as a gRPC call (in the router), a JSON body its pydantic validation on top.
 Anything else is a 422 naming the accepted types. Responses are JSON either way.
 """
@@ -26,9 +30,12 @@ from google.protobuf.message import DecodeError, Message
 from pydantic import BaseModel, ValidationError
 
 from services.errors import InvalidInput, from_validation_error
+from services.images import ImageLimits
+from services.serving.multipart import IMAGE, MULTIPART, PROMPT, REWARD, read_multipart
 
 JSON = "application/json"
 PROTOBUF = "application/x-protobuf"
+ACCEPTED = [JSON, PROTOBUF, MULTIPART]
 
 
 def content_type(request: Request) -> str:
@@ -37,11 +44,13 @@ def content_type(request: Request) -> str:
 
 
 async def read_score_body(
-    request: Request, model: type[BaseModel], message: type[Message]
+    request: Request, model: type[BaseModel], message: type[Message], limits: ImageLimits
 ) -> BaseModel | Message:
-    """The validated pydantic request (JSON) or the parsed proto message (protobuf)."""
-    body = await request.body()
+    """The validated pydantic request (JSON) or the proto message (protobuf, multipart)."""
     kind = content_type(request)
+    if kind == MULTIPART:
+        return await read_multipart(request, message, limits)
+    body = await request.body()
     if kind == PROTOBUF:
         try:
             return message.FromString(body)
@@ -50,8 +59,8 @@ async def read_score_body(
             raise InvalidInput(f"body is not a valid {name} protobuf message ({exc})") from None
     if kind not in ("", JSON):
         raise InvalidInput(
-            f"unsupported content-type {kind!r}; send {JSON} or {PROTOBUF}",
-            details={"content_type": kind, "accepted": [JSON, PROTOBUF]},
+            f"unsupported content-type {kind!r}; send {JSON}, {PROTOBUF} or {MULTIPART}",
+            details={"content_type": kind, "accepted": ACCEPTED},
         )
     try:
         return model.model_validate_json(body)
@@ -81,7 +90,7 @@ def _validate_strict_json_fallback(body: bytes, model: type[BaseModel]) -> BaseM
 
 
 def score_body_openapi(model: type[BaseModel], message: type[Message]) -> dict[str, Any]:
-    """``openapi_extra`` of a score route: its JSON schema and the protobuf alternative."""
+    """``openapi_extra`` of a score route: its JSON schema, the protobuf and multipart forms."""
     proto = f"serialized {message.DESCRIPTOR.full_name} (protos/reward/v1/reward.proto)"
     return {
         "requestBody": {
@@ -89,8 +98,39 @@ def score_body_openapi(model: type[BaseModel], message: type[Message]) -> dict[s
             "content": {
                 JSON: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}},
                 PROTOBUF: {"schema": {"type": "string", "format": "binary", "description": proto}},
+                MULTIPART: {"schema": _multipart_schema(message)},
             },
         }
+    }
+
+
+def _multipart_schema(message: type[Message]) -> dict[str, Any]:
+    """The form fields of a score route (see :mod:`services.serving.multipart`)."""
+    properties: dict[str, Any] = {
+        IMAGE: {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "minItems": 1,
+            "description": "image files (PNG, JPEG, ...), one field per image",
+        },
+        # No "type": a form carries only text, so whatever a client serializes into a prompt
+        # field is a prompt (declaring strings would make '{}' a schema violation we accept).
+        PROMPT: {"description": "text fields: one prompt per image, in the same order, or none"},
+    }
+    required = [IMAGE]
+    if "rewards" in message.DESCRIPTOR.fields_by_name:
+        properties[REWARD] = {
+            "type": "array",
+            "items": {"type": "string"},
+            "minItems": 1,
+            "description": "reward names, one field per reward",
+        }
+        required.append(REWARD)
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
     }
 
 

@@ -3,7 +3,9 @@
 ``build_app`` applies ``serve.deployment`` to this class, so a unit test can construct it
 without Ray. Every entry point (handles from the trainer, the HTTP and gRPC ingress) ends in
 ``score``, which validates and decodes each image on its own (one bad image is an error for
-that image only), then queues the good ones for ``@serve.batch`` dynamic batching.
+that image only), then queues the good ones for ``@serve.batch`` dynamic batching. Its answer
+has the shape of a ``ScoreResponse``: the reward, the model that scored (``model_info``) and
+one result per image, with the reward's own reason where it could not score one.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from services.config import RewardDeploymentConfig
 from services.errors import InvalidInput, RewardServiceError
 from services.images import ImageLimits, check_image_count, decode_image, validate_prompts
 from services.metrics import RewardMetrics
-from services.rewards.base import RewardModel, build_reward
+from services.rewards.base import UNSCORED, RewardModel, build_reward
 
 logger = logging.getLogger(__name__)
 
 
 class RewardDeployment:
-    """Serves one reward model; ``score`` returns one ``{"score", "error"}`` dict per image."""
+    """Serves one reward model; ``score`` returns ``{"reward", "model", "results"}`` with one
+    ``{"score", "error"}`` dict per image."""
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class RewardDeployment:
         if not self.model.loaded:
             self.model.load()
         self.metrics = RewardMetrics(self.config.reward)
+        self.model_description = self.model.model_info().description
         self._pending = 0
         self._batches = 0
         self._images_batched = 0
@@ -57,7 +61,7 @@ class RewardDeployment:
         self,
         images: Sequence[np.ndarray | bytes | str],
         prompts: Sequence[str] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> dict[str, Any]:
         """Score a request; request-level problems raise, per-image problems become errors."""
         start = time.perf_counter()
         images = list(images)
@@ -84,12 +88,24 @@ class RewardDeployment:
         for i, outcome in zip(positions, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 results[i]["error"] = f"reward {self.config.reward!r} failed: {outcome}"
-            elif outcome is None or not math.isfinite(outcome):
-                results[i]["error"] = "the reward could not score this image"
+            elif outcome is None:
+                prompt = checked_prompts[i] if checked_prompts is not None else None
+                results[i]["error"] = self._unscored_reason(prompt)
+            elif not math.isfinite(outcome):
+                results[i]["error"] = f"the reward returned a non-finite score ({outcome})"
             else:
                 results[i]["score"] = float(outcome)
         self.metrics.observe_request(time.perf_counter() - start)
-        return results
+        reward = self.config.deployment_name
+        return {"reward": reward, "model": self.model_description, "results": results}
+
+    def _unscored_reason(self, prompt: str | None) -> str:
+        """The reward's reason for a ``None``; a failing explanation must not fail the request."""
+        try:
+            return self.model.unscored_reason(prompt)
+        except Exception:
+            logger.exception("reward %r: unscored_reason failed", self.config.reward)
+            return UNSCORED
 
     async def _decode_all(self, images: list[Any]) -> list[Any]:
         """Every image as an RGB array, or the error that names why it is unusable.
@@ -145,6 +161,7 @@ class RewardDeployment:
             "reward": self.config.reward,
             "needs_prompt": self.model.needs_prompt,
             "description": self.model.description,
+            "model": self.model_description,
             "config": self.model.config.model_dump(mode="json"),
             "ready": self.model.loaded,
         }

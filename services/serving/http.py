@@ -158,8 +158,8 @@ def build_http_app(router: RewardRouter, token: str | None, max_body_bytes: int)
         openapi_extra=score_body_openapi(ScoreRequest, pb.ScoreRequest),
     )
     async def score(name: str, http_request: Request) -> ScoreResponse:
-        """Score a batch of images with one reward (JSON or protobuf body)."""
-        request = await read_score_body(http_request, ScoreRequest, pb.ScoreRequest)
+        """Score a batch of images with one reward (JSON, protobuf or multipart body)."""
+        request = await read_score_body(http_request, ScoreRequest, pb.ScoreRequest, router.limits)
         return await router.score(name, request_images(request), _prompts(request))
 
     @app.post(
@@ -169,8 +169,11 @@ def build_http_app(router: RewardRouter, token: str | None, max_body_bytes: int)
         openapi_extra=score_body_openapi(ScoreManyRequest, pb.ScoreManyRequest),
     )
     async def score_many(http_request: Request) -> ScoreManyResponse:
-        """Score the same images with several rewards in one call (JSON or protobuf body)."""
-        request = await read_score_body(http_request, ScoreManyRequest, pb.ScoreManyRequest)
+        """Score the same images with several rewards in one call (JSON, protobuf or multipart
+        body)."""
+        request = await read_score_body(
+            http_request, ScoreManyRequest, pb.ScoreManyRequest, router.limits
+        )
         rewards = list(request.rewards)
         return await router.score_many(rewards, request_images(request), _prompts(request))
 

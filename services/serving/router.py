@@ -2,8 +2,9 @@
 
 Requests are checked once here (counts, prompt rules, reward names) and forwarded with their
 image payloads untouched; each reward replica decodes its images itself, so decoding scales
-with the replicas and one bad image is an error for that image only. Ray failures map onto
-the typed errors of :mod:`services.errors`.
+with the replicas and one bad image is an error for that image only. Every answer names the
+model that scored (the replica's ``model`` field). Ray failures map onto the typed errors of
+:mod:`services.errors`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from services.errors import (
 from services.images import ImageLimits, check_image_count, validate_prompts
 from services.protocol import (
     HealthResponse,
-    ItemResult,
     RewardHealth,
     RewardInfo,
     RewardResult,
@@ -78,7 +78,7 @@ class RewardRouter:
 
     async def _call(
         self, name: str, images: Sequence[Any], prompts: Sequence[str] | None
-    ) -> list[ItemResult]:
+    ) -> ScoreResponse:
         handle = self._handle(name)
         try:
             raw = await asyncio.wait_for(
@@ -89,19 +89,19 @@ class RewardRouter:
             if isinstance(err, ScoringFailed):
                 logger.exception("reward %r failed", name)
             raise err from None
-        results = [ItemResult.model_validate(item) for item in raw]
-        if len(results) != len(images):
+        reply = ScoreResponse.model_validate(raw)
+        if len(reply.results) != len(images):
             raise ScoringFailed(
-                f"reward {name!r} returned {len(results)} results for {len(images)} images"
+                f"reward {name!r} returned {len(reply.results)} results for {len(images)} images"
             )
-        return results
+        return ScoreResponse(reward=name, results=reply.results, model=reply.model)
 
     async def score(
         self, name: str, images: Sequence[Any], prompts: Sequence[str] | None = None
     ) -> ScoreResponse:
         """Score a batch with one reward."""
         checked = self._check([name], images, prompts)
-        return ScoreResponse(reward=name, results=await self._call(name, images, checked))
+        return await self._call(name, images, checked)
 
     async def score_many(
         self, names: Sequence[str], images: Sequence[Any], prompts: Sequence[str] | None = None
@@ -120,7 +120,8 @@ class RewardRouter:
                 err = from_ray_error(outcome)
                 entries.append(RewardResult(reward=name, error=f"{err.code}: {err.message}"))
             else:
-                entries.append(RewardResult(reward=name, results=outcome))
+                entry = RewardResult(reward=name, results=outcome.results, model=outcome.model)
+                entries.append(entry)
         return ScoreManyResponse(results=entries)
 
     async def _info(self, name: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -143,6 +144,7 @@ class RewardRouter:
                     name=name,
                     needs_prompt=self.needs_prompt.get(name, False),
                     description=info.get("description", ""),
+                    model=info.get("model"),
                     config=info.get("config", {}),
                     ready=bool(info.get("ready", False)),
                 )

@@ -48,6 +48,14 @@ class FaultyReward(RewardModel):
         """The wrapped reward's own check, never slowed or held."""
         self.inner.health_check()
 
+    def model_info(self):
+        """The wrapped reward's model."""
+        return self.inner.model_info()
+
+    def unscored_reason(self, prompt):
+        """The wrapped reward's reason."""
+        return self.inner.unscored_reason(prompt)
+
     def score(self, images: Sequence[Any], prompts: Sequence[str | None]) -> list[float | None]:
         """Apply the switches in the control folder, then score with the wrapped reward."""
         slow = self.control / "slow"

@@ -1,6 +1,7 @@
 """Hostile input over HTTP that test_serving_errors.py does not send: odd image modes (scored as
 their documented RGB), more bombs and truncated files, lone surrogates and unicode in prompts,
-and a body that is not UTF-8. The gRPC twin of these cases is test_grpc_hostile.py.
+a body that is not UTF-8, and bad multipart uploads (each a 4xx naming the field or file). The
+gRPC twin of these cases is test_grpc_hostile.py.
 """
 
 from __future__ import annotations
@@ -132,3 +133,53 @@ def test_wrong_method_is_405_naming_the_allowed_ones(client, method, path, allow
     assert reply.status_code == 405
     assert reply.headers["allow"] == allowed  # RFC 9110: a 405 lists the allowed methods
     assert reply.json()["error"]["code"] == "method_not_allowed"
+
+
+# --- multipart uploads (curl -F image=@file) ---------------------------------------------------
+
+BAD_FORMS = {
+    "no image field": ({"files": [("prompt", (None, b"a photo"))]}, 422, "no 'image' file field"),
+    "image sent as text": ({"files": [("image", (None, b"cat.png"))]}, 422, "is text, not a file"),
+    "not an image": (
+        {"files": [("image", ("notes.txt", b"just some notes", "text/plain"))]},
+        422,
+        "image 0: not a recognized image file",
+    ),
+    "unknown field": (
+        {"files": [("image", ("a.png", hostile.noisy_png(8), "image/png")), ("x", (None, b"1"))]},
+        422,
+        "unknown multipart field(s) 'x'",
+    ),
+    "declared too large": (
+        {"files": [("image", ("wide.png", hostile.png_declaring(9000, 100), "image/png"))]},
+        413,
+        "image 0: 9000x100 pixels, over the maximum side of 8192 (file 'wide.png')",
+    ),
+    "body over the limit": (
+        {"files": [("image", ("big.png", b"\x89PNG" + bytes(9 * 2**20), "image/png"))]},
+        413,
+        "request body over the limit",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FORMS))
+def test_a_bad_multipart_upload_is_a_4xx_naming_what_is_wrong(client, still_serving, case):
+    kwargs, status, words = BAD_FORMS[case]
+    reply = client.post("/v1/rewards/aesthetic/score", **kwargs)
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == ("payload_too_large" if status == 413 else "invalid_input")
+    assert words in error["message"]
+
+
+def test_a_multipart_upload_scores_like_the_same_file_in_json(client):
+    png = hostile.noisy_png(24)
+    files = [("image", ("noise.png", png, "image/png"))] * 2
+    form = client.post("/v1/rewards/aesthetic/score", files=files)
+    assert form.status_code == 200, form.text
+    body = client.post("/v1/rewards/aesthetic/score", json={"images": [_b64(png)]}).json()
+    scores = [item["score"] for item in form.json()["results"]]
+    assert scores == pytest.approx([body["results"][0]["score"]] * 2, rel=1e-6)
+    assert form.json()["model"] == body["model"]
+    assert body["model"].startswith("random-weight tiny CLIP + aesthetic MLP")

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from services.client import RetryPolicy, RewardClient, RewardsUnavailable, ScoreMatrix
 from services.errors import InvalidInput, ScoringFailed, ScoringTimeout, Unavailable
-from services.protocol import ItemResult
+from services.protocol import ItemResult, ScoreResponse
 
 IMAGES = [np.full((2, 2, 3), v, dtype=np.uint8) for v in (10, 20, 30)]
 PROMPTS = ["a", "b", "c"]
@@ -308,3 +308,18 @@ def test_retry_delay_jitter_stays_within_half_and_full_base(attempt, backoff, ca
     delay = policy.delay(attempt)
     assert 0.5 * base <= delay <= base
     assert delay <= cap
+
+
+def test_the_matrix_names_each_rewards_model():
+    """A transport's ``ScoreResponse.model`` reaches the matrix; a transport that still answers
+    with a bare list of results (written before responses named their model) gives None."""
+
+    def named(images, prompts):
+        results = [ItemResult(score=1.0) for _ in images]
+        return ScoreResponse(reward="named", results=results, model="checkpoint X")
+
+    transport = FakeTransport({"named": named, "bare": _by_pixel(0.0)})
+    with _client(transport) as client:
+        matrix = client.score(IMAGES, PROMPTS, ["named", "bare"])
+    assert matrix.models == {"named": "checkpoint X", "bare": None}
+    assert np.isfinite(matrix.scores).all()

@@ -1,8 +1,10 @@
 """Unit tests of ``python -m services.eval``, run in-process on tiny rewards.
 
 Covers the CSV (one row per image, columns, finite scores), both prompt-file formats, a file
-that does not decode, ``--params`` reaching the reward, and every bad-argument case exiting 2
-with a message that names the problem. Only ``--help`` runs in a subprocess.
+that does not decode, ``--params`` reaching the reward, every bad-argument case exiting 2
+with a message that names the problem, the models printed under the summary, and random-weight
+models refused without ``--allow-random`` (in-process, and from a server's first answer).
+Only ``--help`` runs in a subprocess.
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ import json
 import math
 import subprocess
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from services.eval import main
+from services.client import ScoreMatrix
+from services.eval import EvalError, evaluate, main
+from services.eval_inputs import list_images
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["b.png", "a.jpg", "c.PNG"]  # created out of order: rows must come sorted by name
 SORTED = ["a.jpg", "b.png", "c.PNG"]
 FAST = "jpeg_compressibility,aesthetic"
+RANDOM = "--allow-random"  # the tiny aesthetic and pickscore have random weights
 
 
 @pytest.fixture
@@ -58,7 +64,8 @@ def write_jsonl(path: Path, entries: list[dict]) -> Path:
 
 def test_scores_every_image_into_the_csv(images, tmp_path, capsys):
     out = tmp_path / "out.csv"
-    assert run(["--rewards", FAST, "--images", images, "--out", out, "--batch-size", "2"]) == 0
+    argv = ["--rewards", FAST, "--images", images, "--out", out, "--batch-size", "2"]
+    assert run([*argv, RANDOM]) == 0
     rows = read_csv(out)
     assert [r["file"] for r in rows] == SORTED
     assert list(rows[0]) == [
@@ -77,6 +84,9 @@ def test_scores_every_image_into_the_csv(images, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "jpeg_compressibility" in table and "aesthetic" in table
     assert f"3 images -> {out}" in table
+    scored_by = table.split("scored by:")[1]
+    assert "jpeg_compressibility: closed form: PIL JPEG q=95 file size (no weights)" in scored_by
+    assert "aesthetic: random-weight tiny CLIP + aesthetic MLP (test variant, seed 0)" in scored_by
 
 
 def test_default_out_path_is_under_results(images, tmp_path, monkeypatch):
@@ -97,7 +107,7 @@ def test_jsonl_prompts_match_by_file_name(images, tmp_path, capsys):
     )
     out = tmp_path / "out.csv"
     argv = ["--rewards", "pickscore,aesthetic", "--images", images, "--prompts", prompts]
-    assert run([*argv, "--out", out]) == 0
+    assert run([*argv, "--out", out, RANDOM]) == 0
     rows = read_csv(out)
     assert [r["prompt"] for r in rows] == ['a sign that says "hi"', "second", "third"]
     assert all(math.isfinite(float(r["pickscore"])) for r in rows)
@@ -109,7 +119,7 @@ def test_plain_text_prompts_follow_sorted_file_order(images, tmp_path):
     prompts.write_text("first\nsecond\nthird\n\n")  # trailing blank lines are ignored
     out = tmp_path / "out.csv"
     argv = ["--rewards", "pickscore", "--images", images, "--prompts", prompts, "--out", out]
-    assert run(argv) == 0
+    assert run([*argv, RANDOM]) == 0
     assert [(r["file"], r["prompt"]) for r in read_csv(out)] == list(
         zip(SORTED, ["first", "second", "third"], strict=True)
     )
@@ -118,7 +128,7 @@ def test_plain_text_prompts_follow_sorted_file_order(images, tmp_path):
 def test_an_undecodable_file_is_unscored_not_fatal(images, tmp_path):
     (images / "broken.png").write_bytes(b"\x89PNG but not really")
     out = tmp_path / "out.csv"
-    assert run(["--rewards", FAST, "--images", images, "--out", out]) == 0
+    assert run(["--rewards", FAST, "--images", images, "--out", out, RANDOM]) == 0
     broken = {r["file"]: r for r in read_csv(out)}["broken.png"]
     for reward in FAST.split(","):
         assert broken[reward] == ""
@@ -134,6 +144,78 @@ def test_params_reach_the_reward(images, tmp_path):
         scores[quality] = [float(r["jpeg_compressibility"]) for r in read_csv(out)]
     # a lower JPEG quality gives smaller files, i.e. higher (less negative) scores
     assert all(lo > hi for lo, hi in zip(scores[10], scores[95], strict=True))
+
+
+def test_random_weights_are_refused_without_allow_random(images, tmp_path, capsys):
+    out = tmp_path / "out.csv"
+    assert (
+        run(
+            [
+                "--rewards",
+                "jpeg_compressibility,pickscore,aesthetic",
+                "--images",
+                images,
+                "--prompts",
+                _three_prompts(tmp_path),
+                "--out",
+                out,
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "random weights would score pickscore, aesthetic" in err
+    assert "pickscore: random-weight tiny CLIP (test variant, seed 0)" in err
+    assert "--params pickscore.variant=pretrained aesthetic.variant=pretrained" in err
+    assert "--allow-random" in err and not out.exists()
+
+
+def test_real_and_closed_form_rewards_need_no_flag(images, tmp_path, capsys):
+    """prompt_alignment is a closed-form rule; it also says why it cannot score a prompt."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle on a blue background\nnot a caption\na red square\n")
+    out = tmp_path / "out.csv"
+    argv = ["--rewards", "prompt_alignment", "--images", images, "--prompts", prompts]
+    assert run([*argv, "--out", out]) == 0
+    errors = [r["prompt_alignment_error"] for r in read_csv(out)]
+    assert errors[0] == "" and errors[1] == errors[2]
+    assert errors[1].startswith("caption outside the grammar 'a|an {colour} {shape} on")
+    assert "prompt_alignment: closed form: pixel rule" in capsys.readouterr().out
+
+
+class _ServerLike:
+    """A scorer that answers as a server does: the model is known only from its answers."""
+
+    rewards = ["pickscore"]
+    descriptions: dict = {}
+
+    def __init__(self, model: str | None):
+        self.model = model
+
+    def submit(self, images, prompts):
+        matrix = ScoreMatrix(["pickscore"], np.full((1, len(images)), 0.5))
+        matrix.models["pickscore"] = self.model
+        future = Future()
+        future.set_result(matrix)
+        return future
+
+
+def test_a_server_with_random_weights_is_refused_after_its_first_answer(images):
+    files = list_images(images)
+    with pytest.raises(EvalError, match="serve them with real weights"):
+        evaluate(_ServerLike("random-weight tiny CLIP (test variant, seed 0)"), files, None, 2)
+    result = evaluate(_ServerLike("random-weight tiny CLIP"), files, None, 2, allow_random=True)
+    assert result["models"] == {"pickscore": "random-weight tiny CLIP"}
+    result = evaluate(
+        _ServerLike("yuvalkirstain/PickScore_v1 (pretrained weights)"), files, None, 2
+    )
+    assert np.isfinite(result["scores"]).all()
+    assert evaluate(_ServerLike(None), files, None, 2)["models"] == {"pickscore": None}
+
+
+def _three_prompts(tmp: Path) -> Path:
+    (tmp / "three.txt").write_text("one\ntwo\nthree\n")
+    return tmp / "three.txt"
 
 
 def _missing_image_entry(folder: Path, tmp: Path) -> list:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +19,10 @@ from services.rewards.ocr import (
     normalize_text,
     ocr_distance,
     ocr_reward,
+    target_problem,
 )
 from services.rewards.ocr_engines import (
+    ONNX_MODELS,
     OnnxOcrEngine,
     PaddleOcrEngine,
     parse_paddle_result,
@@ -48,6 +51,45 @@ from tests.rendering import render
 )
 def test_extract_target(prompt, target):
     assert extract_target(prompt) == target
+
+
+@pytest.mark.parametrize(
+    ("prompt", "words"),
+    [
+        ("no quotes at all", "prompt names no text to read: expected the text between straight"),
+        ("curly \u201cOPEN\u201d quotes", 'only straight double quotes (") mark it'),
+        ('one unmatched " quote', "one double quote and no closing one"),
+        ('empty "" quotes', "prompt quotes empty text"),
+        ('blank "   " quotes', "prompt quotes empty text"),
+        (None, "no prompt: the OCR reward reads the text to find from the prompt"),
+    ],
+)
+def test_an_unscorable_prompt_says_what_is_missing(prompt, words):
+    reason = build_reward("ocr").unscored_reason(prompt)
+    assert reason == target_problem(prompt)
+    assert words in reason and 'e.g. a sign that says "OPEN"' in reason
+
+
+def test_a_prompt_with_a_target_blames_the_engine_when_unscored():
+    assert target_problem('a sign that says "OPEN"') is None
+    reason = build_reward("ocr").unscored_reason('a sign that says "OPEN"')
+    assert reason.startswith("the OCR engine failed on this image (OnnxOcrEngine")
+
+
+def test_model_info_names_the_engine_and_its_real_weights():
+    import yaml
+    from rapidocr import __file__ as rapidocr_init
+
+    onnx = build_reward("ocr", {"engine": "onnx"}).model_info()
+    assert not onnx.random_weights  # the tiny variant runs the real engine too
+    assert onnx.description.startswith(f"{ONNX_MODELS} ONNX (rapidocr ")
+    assert onnx.description.endswith(" wheel, real weights)")
+    config = yaml.safe_load(Path(rapidocr_init).with_name("config.yaml").read_text())
+    for part in ("Det", "Rec"):  # the models the description names are rapidocr's defaults
+        assert config[part]["ocr_version"] in ONNX_MODELS
+        assert config[part]["model_type"] in ONNX_MODELS
+    paddle = build_reward("ocr", {"engine": "paddle", "paddle_lang": "fr"}).model_info()
+    assert "paddleocr" in paddle.description and "lang fr" in paddle.description
 
 
 def test_normalize_text_drops_all_whitespace_and_case():

@@ -309,3 +309,52 @@ def test_char_tokenizer_adds_bos_and_eos():
     tok = make_char_tokenizer()
     ids = tok("ab")["input_ids"]
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and len(ids) == 4
+
+
+# --------------------------------------------------------------------------- what scores
+
+# Whether each registered reward's default build scores with random weights: a new reward must
+# be added here, so that evaluation can never mistake a test model for a real one.
+RANDOM_BY_DEFAULT = {
+    "aesthetic": True,
+    "clipscore": True,
+    "colorfulness": False,
+    "deqa": True,
+    "jpeg_compressibility": False,
+    "ocr": False,  # the real PP-OCR models ship in the rapidocr wheel
+    "pickscore": True,
+    "prompt_alignment": False,
+    "simulated_latency": False,
+}
+PRETRAINED = {
+    "aesthetic": ({"mlp_weights": "/w/sac+logos+ava1-l14-linearMSE.pth"}, "+ MLP sac+logos"),
+    "clipscore": ({}, "openai/clip-vit-large-patch14 (pretrained weights)"),
+    "deqa": ({"revision": "0123456789" * 4}, "zhiyuanyou/DeQA-Score-Mix3@012345678901"),
+    "pickscore": ({}, "yuvalkirstain/PickScore_v1 (pretrained weights)"),
+}
+
+
+def test_every_reward_says_whether_its_weights_are_random():
+    assert sorted(RANDOM_BY_DEFAULT) == reward_names()
+    for name, random in RANDOM_BY_DEFAULT.items():
+        info = build_reward(name).model_info()  # from the config alone: nothing is loaded
+        assert info.random_weights is random, name
+        assert info.description.startswith("random-weight") is random, (name, info)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_pretrained_variants_name_their_checkpoint(name):
+    params, words = PRETRAINED[name]
+    info = build_reward(name, {"variant": "pretrained", **params}).model_info()
+    assert not info.random_weights and words in info.description
+    tiny = build_reward(name, {"seed": 7}).model_info().description
+    assert tiny.startswith("random-weight tiny ") and tiny.endswith("(test variant, seed 7)")
+
+
+def test_a_model_description_cannot_hide_random_weights():
+    from services.rewards.base import ModelInfo
+
+    with pytest.raises(ValueError, match="random-weight"):
+        ModelInfo("tiny CLIP", random_weights=True)
+    with pytest.raises(ValueError, match="random-weight"):
+        ModelInfo("random-weight MLP", random_weights=False)
