@@ -167,8 +167,9 @@ def deploy_rewards(cfg: TrainConfig, local: bool) -> None:
     """Deploy the run's reward services (``local``: on the cluster this run started), or check
     that the running app serves every reward (``reward_service.deploy=false``).
 
-    On a joined cluster an app of the same name whose reward configs differ is replaced only
-    with ``reward_service.redeploy=true``; otherwise :class:`LaunchError` names the difference.
+    On a joined cluster a running app of the same name is never replaced unless
+    ``reward_service.redeploy=true``: with the same rewards and params it is used as it is
+    (its replicas and resources stay), with others :class:`LaunchError` names the difference.
     """
     service = cfg.reward_service
     if service.url is not None:
@@ -193,12 +194,14 @@ def deploy_rewards(cfg: TrainConfig, local: bool) -> None:
         return
     if running is not None and not service.redeploy:
         differences = config_differences(cfg.rewards, running, both_ways=True)
-        if differences:
-            raise LaunchError(
-                f"a Serve app {service.app_name!r} already runs on this cluster with other "
-                f"rewards: {'; '.join(differences)}. Train against it with "
-                "reward_service.deploy=false, or replace it with reward_service.redeploy=true"
-            )
+        if not differences:  # the same rewards already run: use them as they are
+            logger.info("the reward app %r already runs these rewards; using it", service.app_name)
+            return
+        raise LaunchError(
+            f"a Serve app {service.app_name!r} already runs on this cluster with other "
+            f"rewards: {'; '.join(differences)}. Train against it with "
+            "reward_service.deploy=false, or replace it with reward_service.redeploy=true"
+        )
     from services.config import load_services_config
     from services.serving.app import deploy
 
