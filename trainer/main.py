@@ -119,9 +119,11 @@ def train(cfg: TrainConfig, run: RunFolder, local: bool | None = None) -> None:
             use_gpu=scaling.use_gpu,
             resources_per_worker=scaling.resources_per_worker or None,
         ),
+        # Ray Train's run directory is the run folder itself: the checkpoints the workers
+        # write to <run>/checkpoints are then registered where they lie, not copied
         run_config=RunConfig(
-            name="ray_train",
-            storage_path=str(run.path.resolve()),
+            name=run.path.name,
+            storage_path=str(run.path.resolve().parent),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
         ),
     )

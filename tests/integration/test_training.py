@@ -55,6 +55,8 @@ def test_a_run_trains_balances_and_logs(uninterrupted):
     assert records[0]["weights"] == pytest.approx(equal)
     assert not np.allclose(records[-1]["weights"], equal)
     first = load_file(run_dir / "checkpoints" / "epoch_000001" / "lora.safetensors")
+    copies = [p for p in run_dir.rglob("lora.safetensors") if p.parent.parent.name != "checkpoints"]
+    assert not copies  # one copy of each checkpoint: Ray Train registers ours in place
     assert _max_diff(first, _final_lora(run_dir)) > 0  # the LoRA weights change
     exported = load_file(run_dir / "lora" / "pytorch_lora_weights.safetensors")  # make sample
     assert exported and all(k.startswith("transformer.") for k in exported)

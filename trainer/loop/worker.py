@@ -175,7 +175,11 @@ class WorkerLoop:
             )
             ray.get(self.coordinator.checkpoint_written.remote(str(path)))
         checkpoint = ray.train.Checkpoint.from_directory(str(path)) if path else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        # one copy: under the run folder (Ray Train's run directory, see trainer.main) the
+        # checkpoint is registered in place; a checkpoint.dir elsewhere is uploaded to it
+        modes = ray.train.CheckpointUploadMode
+        upload = modes.NO_UPLOAD if self.cfg.checkpoint.dir is None else modes.SYNC
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=upload)
 
     # --- one epoch ------------------------------------------------------------------------
 
