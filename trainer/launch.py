@@ -124,6 +124,12 @@ def init_ray(cfg: TrainConfig) -> bool:
     if address:
         ray.init(address=address, runtime_env=env, **quiet)
         return False
+    if service.deploy and read_discovery(service.app_name) is not None:
+        logger.warning(
+            "make serve's reward app %r runs on this machine; this run starts its own Ray and "
+            "rewards (reward_service.deploy=false trains against the running ones)",
+            service.app_name,
+        )
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only cluster
     kwargs: dict[str, Any] = {
         "num_cpus": cfg.scaling.num_cpus,
