@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from trainer.config import ConfigError, TrainConfig, balancer_kwargs, dump_config, load_config
+from trainer.config_help import keys_help
 from trainer.console import configure_console, wants_verbose
 from trainer.loop.data import PromptFileError, load_prompts
 from trainer.preflight import check_config
@@ -145,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             f"  CONFIG defaults to {DEFAULT_CONFIG}; overrides are dotted config keys, e.g.\n"
             "  training.epochs=2 balancer.name=static scaling.ray_address=auto\n"
             "  --verbose shows Ray's, Serve's and Train's own logs\n"
-            "  (python -m trainer.config CONFIG prints a config resolved)"
+            "  (python -m trainer.config CONFIG prints a config resolved)\n\n"
+            "config keys (default, meaning; rewards.N.* for the N-th reward):\n"
+            + keys_help(TrainConfig)
         )
         return 0
     configure_console(verbose)
