@@ -22,6 +22,7 @@ PER_OBJECTIVE = {
     "group_std_mean": "Mean within-group std of the raw reward.",
     "weights": "Priority lambda used for the step's advantages.",
     "advantage_correlation": "Correlation of the advantage with the in-group reward deviation.",
+    "sign_agreement": "Share of samples whose advantage has the sign of the in-group deviation.",
     "learning_potential": "P3 learning potential P[k].",
     "progress_need": "P3 progress need N[k].",
     "conflict_penalty": "P3 conflict penalty C[k].",

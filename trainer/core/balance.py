@@ -22,7 +22,7 @@ from trainer.core.advantages import (
     static_advantages,
 )
 from trainer.core.faults import FaultTotals, step_faults
-from trainer.core.groups import centered_rewards, check_inputs, group_stats
+from trainer.core.groups import GroupStats, centered_rewards, check_inputs, group_stats
 from trainer.core.priorities import AdaptivePriorities, FixedWeights, PriorityTerms
 
 BalancerName = Literal[
@@ -222,6 +222,7 @@ def _diagnostics(r, stats, adv, raw, clip) -> dict:
         "advantage_checksum": float(adv @ position),
         "advantage_clip_fraction": float((np.abs(raw) > clip).mean()),
         "advantage_correlation": advantage_correlation(adv, centered_rewards(r, stats)),
+        "sign_agreement": sign_agreement(adv, r, stats),
     }
 
 
@@ -237,3 +238,22 @@ def advantage_correlation(adv: np.ndarray, centered: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         corr = (c @ a) / (np.linalg.norm(c, axis=1) * np.linalg.norm(a))
     return np.where(np.isfinite(corr), corr, np.nan)
+
+
+def sign_agreement(adv: np.ndarray, rewards: np.ndarray, stats: GroupStats) -> np.ndarray:
+    """``[K]``: how often the final advantage has the sign objective k alone would give it.
+
+    Over the samples scored on k in groups where k has spread (``stats.spread_ok``), the
+    share whose advantage has the sign of ``r_k - group mean of r_k``; a sample exactly at
+    its group's mean is left out, an advantage of exactly 0 counts as a disagreement. Under
+    variance hijacking (method.md section 1) the widest-spread objective approaches 1 and
+    decides the update alone; a balancer that lets every objective count keeps each one
+    well below 1 (about 0.67 for four independent objectives of equal weight). NaN for an
+    objective with no such sample in the step.
+    """
+    deviation = rewards - stats.mean[:, stats.index]
+    with np.errstate(invalid="ignore"):
+        eligible = stats.spread_ok()[:, stats.index] & ~np.isnan(deviation) & (deviation != 0)
+    agree = eligible & (np.sign(deviation) == np.sign(adv)[None, :])
+    n = eligible.sum(axis=1)
+    return np.where(n > 0, agree.sum(axis=1) / np.maximum(n, 1), np.nan)
