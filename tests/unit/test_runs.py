@@ -133,13 +133,14 @@ def test_only_a_folder_holding_nothing_but_its_config_is_removed(tmp_path):
 def _capture_train(monkeypatch, error: BaseException | None = None, write: str | None = None):
     seen = {}
 
-    def fake_train(cfg, run):
+    def fake_train(cfg, run, local=None):
         seen["cfg"], seen["run"] = cfg, run.path
         if write:
             (run.path / write).write_text("x")
         raise error or RuntimeError("Ray failed to start")
 
     monkeypatch.setattr(entry, "train", fake_train)
+    monkeypatch.setattr("trainer.launch.init_ray", lambda cfg: False)  # no Ray in a unit test
     monkeypatch.setattr(entry, "_shutdown", lambda local: None)
     return seen
 
