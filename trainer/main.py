@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from trainer.config import ConfigError, TrainConfig, balancer_kwargs, dump_config, load_config
@@ -137,6 +138,48 @@ def train(cfg: TrainConfig, run: RunFolder, local: bool | None = None) -> None:
         progress.close()
 
 
+def fit(config: str | Path = DEFAULT_CONFIG, *overrides: str) -> RunFolder:
+    """The Python API of ``make train``: run a config with dotted overrides; returns the run
+    folder (``summary.txt``, ``metrics.jsonl``, ``lora/``, ...).
+
+    Raises :class:`~trainer.config.ConfigError` (or ``PromptFileError``) for a bad config
+    before anything starts, :class:`~trainer.launch.LaunchError` when the cluster or the
+    running reward services cannot serve the run.
+    """
+    cfg, plan = prepare([str(config), *overrides])
+    return run_job(cfg, plan)
+
+
+def run_job(
+    cfg: TrainConfig, plan: RunPlan, announce: Callable[..., None] | None = None
+) -> RunFolder:
+    """Open the run folder, train, stop what was started, write plots and the summary.
+
+    ``announce(message, error=False)`` hears the run folder (and its removal when a start
+    fails before writing anything); the CLI prints it.
+    """
+    say = announce or (lambda message, error=False: logger.info("%s", message))
+    cfg, run = open_run(cfg, plan)
+    resuming = f" (resuming {plan.checkpoint})" if plan.checkpoint else ""
+    say(f"run folder: {run.path}{resuming}")
+    local = False
+    try:
+        from trainer.launch import init_ray
+
+        local = init_ray(cfg)
+        train(cfg, run, local=local)
+    except BaseException:
+        if plan.folder is None and remove_if_unused(run.path):
+            say(f"removed {run.path}: the run failed before writing to it", error=True)
+        raise
+    finally:
+        _shutdown(local=local)
+    names = [r.name for r in cfg.rewards]
+    run.plot(names)
+    run.write_summary(names)
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a training job; exit 2 on a bad config or prompt file."""
     verbose, args = wants_verbose(list(sys.argv[1:] if argv is None else argv))
@@ -158,30 +201,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_console(cfg.logging.verbose)  # the config file may ask for it too
-    cfg, run = open_run(cfg, plan)
-    resuming = f" (resuming {plan.checkpoint})" if plan.checkpoint else ""
-    print(f"run folder: {run.path}{resuming}", flush=True)
-    started = time.perf_counter()
-    local = False
-    try:
-        from trainer.launch import LaunchError, init_ray
+    from trainer.launch import LaunchError
 
-        local = init_ray(cfg)
-        train(cfg, run, local=local)
-    except BaseException as exc:
-        if plan.folder is None and remove_if_unused(run.path):
-            print(f"removed {run.path}: the run failed before writing to it", file=sys.stderr)
-        if isinstance(exc, LaunchError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
-    finally:
-        _shutdown(local=local)
-    names = [r.name for r in cfg.rewards]
-    plots = run.plot(names)
-    summary = run.write_summary(names)
-    print(summary.read_text())
-    print(f"took {time.perf_counter() - started:.0f} s; plots: {len(plots)} in {run.plots_dir}")
+    def announce(message: str, error: bool = False) -> None:
+        print(message, file=sys.stderr if error else sys.stdout, flush=True)
+
+    started = time.perf_counter()
+    try:
+        run = run_job(cfg, plan, announce)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(run.summary_path.read_text())
+    print(f"took {time.perf_counter() - started:.0f} s; plots in {run.plots_dir}")
     lora = run.path / LORA_DIR
     if lora.is_dir():
         print(f"LoRA for diffusers: {lora}  (images: make sample RUN={run.path})")

@@ -171,3 +171,18 @@ def test_resume_latest_reopens_the_run_and_names_its_checkpoint(tmp_path, monkey
     written = yaml.safe_load((run / "config.yaml").read_text())
     assert written["checkpoint"]["resume_from"] == checkpoint
     assert run.exists() and sorted(p.name for p in tmp_path.iterdir()) == [run.name]
+
+
+def test_the_python_api_returns_the_run_folder_and_raises_config_errors(tmp_path, monkeypatch):
+    seen = _capture_train(monkeypatch, error=None)
+
+    def fake_train(cfg, run, local=None):
+        seen["run"] = run.path
+        (run.path / "metrics.jsonl").write_text("")  # a run that recorded nothing
+
+    monkeypatch.setattr(entry, "train", fake_train)
+    run = entry.fit(CONFIG, f"logging.run_dir={tmp_path}", "training.epochs=1")
+    assert run.path == seen["run"] and run.path.parent == tmp_path
+    assert run.summary_path.is_file()
+    with pytest.raises(ConfigError, match="training.epochs"):
+        entry.fit(CONFIG, f"logging.run_dir={tmp_path}", "training.epochs=0")
