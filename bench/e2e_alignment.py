@@ -139,9 +139,9 @@ def reward_app(cfg: TrainConfig, attach: bool) -> Iterator[None]:
     if str(ROOT) not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, paths)])
     started = time.perf_counter()
-    init_ray(cfg)
+    local = init_ray(cfg)
     try:
-        deploy_rewards(cfg)
+        deploy_rewards(cfg, local=local)
         print(f"Ray and the reward app up in {time.perf_counter() - started:.0f} s", flush=True)
         yield
     finally:
