@@ -74,6 +74,23 @@ def tiny():
     return SimpleNamespace(pipe=pipe, params=params, embeds=embeds, rollout=rollout)
 
 
+def _diffusers_ode_latents(pipe, e, noise):
+    """Final latents of diffusers' own ``StableDiffusion3Pipeline.__call__`` from ``noise``."""
+    with torch.no_grad():
+        return pipe(
+            prompt_embeds=e.prompt_embeds,
+            pooled_prompt_embeds=e.pooled_prompt_embeds,
+            negative_prompt_embeds=e.negative_prompt_embeds,
+            negative_pooled_prompt_embeds=e.negative_pooled_prompt_embeds,
+            latents=noise.clone(),
+            num_inference_steps=STEPS,
+            guidance_scale=CFG,
+            height=RES,
+            width=RES,
+            output_type="latent",
+        ).images
+
+
 def _sample(t, seed, **kw):
     args = dict(num_steps=STEPS, guidance_scale=CFG, noise_level=NOISE, resolution=RES)
     return sample(t.pipe, t.embeds, generator=_gen(seed), **(args | kw))
@@ -210,19 +227,8 @@ def test_zero_noise_is_the_deterministic_euler_sampler(tiny):
     assert torch.equal(a.latents, b.latents) and np.array_equal(a.images, b.images)
     step = step_log_prob(tiny.pipe.transformer, a, 0, tiny.embeds)
     assert torch.equal(step.log_prob, torch.zeros(4))
-    e = tiny.embeds  # same result as diffusers' own SD3 Euler sampler from the same noise
-    want = tiny.pipe(
-        prompt_embeds=e.prompt_embeds,
-        pooled_prompt_embeds=e.pooled_prompt_embeds,
-        negative_prompt_embeds=e.negative_prompt_embeds,
-        negative_pooled_prompt_embeds=e.negative_pooled_prompt_embeds,
-        latents=a.latents[:, 0].clone(),
-        num_inference_steps=STEPS,
-        guidance_scale=CFG,
-        height=RES,
-        width=RES,
-        output_type="latent",
-    ).images
+    # same result as diffusers' own SD3 Euler sampler from the same noise
+    want = _diffusers_ode_latents(tiny.pipe, tiny.embeds, a.latents[:, 0])
     torch.testing.assert_close(a.latents[:, -1], want, atol=1e-5, rtol=1e-5)
 
 
@@ -292,18 +298,5 @@ def test_diffusers_own_ode_sampling_with_the_exported_lora_equals_the_trainers(t
     ours = _sample(tiny, seed=3, noise_level=0.0)
     plain = load_pipeline(TINY, "cpu")
     plain.load_lora_weights(tmp_path)
-    e = tiny.embeds
-    with torch.no_grad():
-        theirs = plain(
-            prompt_embeds=e.prompt_embeds,
-            pooled_prompt_embeds=e.pooled_prompt_embeds,
-            negative_prompt_embeds=e.negative_prompt_embeds,
-            negative_pooled_prompt_embeds=e.negative_pooled_prompt_embeds,
-            latents=ours.latents[:, 0].clone(),
-            num_inference_steps=STEPS,
-            guidance_scale=CFG,
-            height=RES,
-            width=RES,
-            output_type="latent",
-        ).images
+    theirs = _diffusers_ode_latents(plain, tiny.embeds, ours.latents[:, 0])
     torch.testing.assert_close(theirs, ours.latents[:, -1], atol=1e-5, rtol=0)
