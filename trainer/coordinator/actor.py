@@ -62,7 +62,6 @@ class Coordinator:
         self.gauges = TrainingGauges(objectives, enabled=export_metrics)
         self.trackers = Trackers(trackers or [], self.run_dir)
         self.infos: dict[int, dict[str, Any]] = {}  # step -> balancer info, until recorded
-        self.progress_record: dict[str, Any] = {}
         self.latest: dict[str, dict[str, Any]] = {}  # kind -> its newest record
         self._changed = asyncio.Condition() if _in_event_loop() else None
         state_path = self.run_dir / STATE_FILE
@@ -96,7 +95,6 @@ class Coordinator:
         self.infos[result.step] = info
         self._persist()
         self.gauges.export(result.step, info)
-        self.progress_record = {"step": result.step, **info}
 
     def record(self, step: int, kind: str, values: dict[str, Any]) -> None:
         """Append one record to ``metrics.jsonl``; train records get the step's balancer terms."""
@@ -105,16 +103,11 @@ class Coordinator:
             record.update(self.infos.pop(step, {}))
         record.update({k: _jsonable(v) for k, v in values.items()})
         self.gauges.export(step, record)
-        self.progress_record = {**self.progress_record, **record}
         self.latest[kind] = record
         self.trackers.log(record)
         if self.write_metrics:
             with open(self.run_dir / METRICS_FILE, "a") as handle:
                 handle.write(json.dumps(record, allow_nan=False) + "\n")
-
-    def progress(self) -> dict[str, Any]:
-        """The latest step's terms merged with the latest trainer values (for progress bars)."""
-        return dict(self.progress_record)
 
     def latest_records(self) -> dict[str, dict[str, Any]]:
         """The newest record of each kind (``train``, ``eval``, ...), kept apart: the
