@@ -39,7 +39,7 @@ def test_a_killed_coordinator_restarts_and_continues_exactly(ray_cluster, tmp_pa
         if step == 3:
             ray.kill(actor, no_restart=False)  # dies between steps; Ray restarts it
         rewards, groups = _batch(step)
-        got.append(ray.get(actor.exchange.remote(step, 0, rewards.tolist(), groups.tolist())))
+        got.append(ray.get(actor.exchange.remote(step, 0, rewards, groups)))
     assert ray.get(actor.ping.remote()) == 6  # no step computed twice or skipped
     for want, reply in zip(expected, got, strict=True):
         np.testing.assert_allclose(reply["advantages"], want.advantages[0], rtol=1e-12)

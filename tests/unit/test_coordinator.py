@@ -104,7 +104,7 @@ def test_exchange_waits_for_every_worker_and_records_metrics(tmp_path):
         halves = [slice(0, 8), slice(8, 16)]
         replies = await asyncio.gather(
             *(
-                coord.exchange(0, rank, rewards[:, part].tolist(), groups[part].tolist())
+                coord.exchange(0, rank, rewards[:, part], groups[part])
                 for rank, part in enumerate(halves)
             )
         )
@@ -113,7 +113,8 @@ def test_exchange_waits_for_every_worker_and_records_metrics(tmp_path):
 
     coord, replies = asyncio.run(run())
     assert [len(r["advantages"]) for r in replies] == [8, 8]
-    assert replies[0]["weights"] == replies[1]["weights"]
+    assert all(isinstance(r["advantages"], np.ndarray) for r in replies)  # arrays, no lists
+    np.testing.assert_array_equal(replies[0]["weights"], replies[1]["weights"])
     lines = (tmp_path / METRICS_FILE).read_text().splitlines()
     record = json.loads(lines[0])
     assert record["kind"] == "train" and record["step"] == 0 and record["loss"] == 0.5
@@ -127,7 +128,7 @@ def test_a_restarted_coordinator_continues_from_its_persisted_state(tmp_path):
         out = []
         for step in range(start, stop):
             rewards, groups = _batch(step)
-            out.append(await coord.exchange(step, 0, rewards.tolist(), groups.tolist()))
+            out.append(await coord.exchange(step, 0, rewards, groups))
         return out
 
     uninterrupted = asyncio.run(steps(_coordinator(tmp_path / "a", 1), 0, 6))
@@ -137,17 +138,14 @@ def test_a_restarted_coordinator_continues_from_its_persisted_state(tmp_path):
     assert restarted.ping() == 3
     resumed = asyncio.run(steps(restarted, 3, 6))
     for want, got in zip(uninterrupted[3:], resumed, strict=True):
-        assert want == got
+        _assert_same_reply(want, got)
 
 
 def test_a_run_restarted_before_its_first_checkpoint_starts_over(tmp_path):
     """``load_state_dict(None)``: the initial state, as if no step had been balanced."""
 
     async def steps(coord, stop):
-        return [
-            await coord.exchange(t, 0, _batch(t)[0].tolist(), _batch(t)[1].tolist())
-            for t in range(stop)
-        ]
+        return [await coord.exchange(t, 0, *_batch(t)) for t in range(stop)]
 
     coord = _coordinator(tmp_path, 1)
     first = asyncio.run(steps(coord, 2))
@@ -155,6 +153,30 @@ def test_a_run_restarted_before_its_first_checkpoint_starts_over(tmp_path):
     coord.checkpoint_written("/runs/x/checkpoints/epoch_000001")
     assert coord.last_checkpoint() == "/runs/x/checkpoints/epoch_000001"
     assert coord.load_state_dict(None) == 0
-    assert asyncio.run(steps(coord, 2)) == first
+    for want, got in zip(first, asyncio.run(steps(coord, 2)), strict=True):
+        _assert_same_reply(want, got)
     (restore,) = [json.loads(x) for x in (tmp_path / METRICS_FILE).read_text().splitlines()]
     assert restore["kind"] == "restore" and restore["recomputed_steps"] == [0, 1]
+
+
+def test_nan_crosses_the_exchange_as_nan_and_equals_the_none_lists_it_replaced(tmp_path):
+    """The seam takes the worker's float64 matrix as it is: NaN means unscored, exactly as
+    ``None`` did in the nested lists that crossed before (numpy reads ``None`` as NaN)."""
+    rewards, groups = _batch(0)
+    rewards[1, [0, 5, 9]] = np.nan
+    as_lists = [[None if np.isnan(v) else float(v) for v in row] for row in rewards]
+
+    async def one(tmp, r, g):
+        return await _coordinator(tmp, 1).exchange(0, 0, r, g)
+
+    from_arrays = asyncio.run(one(tmp_path / "a", rewards, groups))
+    from_lists = asyncio.run(one(tmp_path / "b", as_lists, groups.tolist()))
+    _assert_same_reply(from_arrays, from_lists)
+    assert from_arrays["advantages"].dtype == np.float64
+    assert np.all(np.isfinite(from_arrays["advantages"]))  # unscored: no contribution, no NaN
+
+
+def _assert_same_reply(want, got):
+    assert want["step"] == got["step"]
+    np.testing.assert_array_equal(want["advantages"], got["advantages"])
+    np.testing.assert_array_equal(want["weights"], got["weights"])

@@ -16,13 +16,15 @@ import contextlib
 import json
 import logging
 import os
+import resource
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trainer.coordinator.metrics import TrainingGauges
-from trainer.coordinator.state import CoordinatorState
+from trainer.coordinator.state import CoordinatorState, FloatArray, IntArray, RankResult
 from trainer.coordinator.trackers import Trackers
 from trainer.core.serialize import to_list
 
@@ -71,15 +73,17 @@ class Coordinator:
         self.gauges.set_values(self.state.fault_totals())  # 0 (or the restored totals) at start
 
     async def exchange(
-        self, step: int, rank: int, rewards: list[list[float]], group_ids: list[int]
-    ) -> dict[str, Any]:
-        """Submit a worker's share of ``step`` and wait for the global result."""
+        self, step: int, rank: int, rewards: FloatArray, group_ids: IntArray
+    ) -> RankResult:
+        """Submit a worker's share of ``step`` and wait for the global result.
+
+        ``rewards`` is the worker's ``[K, b]`` float64 matrix, NaN where a sample could not
+        be scored; ``group_ids`` the global prompt group of each of its ``b`` samples. The
+        arrays cross Ray's object store as they are, with no conversion on either side.
+        """
         if self._changed is None:
             self._changed = asyncio.Condition()
-        rewards_arr = np.array(
-            [[np.nan if v is None else v for v in row] for row in rewards], dtype=np.float64
-        )
-        result = self.state.submit(step, rank, rewards_arr, np.asarray(group_ids))
+        result = self.state.submit(step, rank, rewards, group_ids)
         async with self._changed:
             if result is not None and step not in self.infos:
                 self._after_step(result)
@@ -155,6 +159,13 @@ class Coordinator:
         """Liveness check; returns the step being collected."""
         return self.state.step
 
+    def usage(self) -> dict[str, float]:
+        """This process's CPU seconds so far (every thread) and its peak resident memory."""
+        return {
+            "cpu_s": time.process_time(),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
+
     def _persist(self) -> None:
         path = self.run_dir / STATE_FILE
         tmp = path.with_suffix(".tmp")
@@ -173,9 +184,17 @@ def start_coordinator(name: str, max_restarts: int, **kwargs) -> Any:
         name=name,
         max_restarts=max_restarts,
         max_task_retries=-1 if max_restarts != 0 else 0,
-        max_concurrency=64,
+        # every rank waits inside exchange() until the last one has submitted: room for all
+        # of them at once plus the other calls (record, ping, ...), or the barrier deadlocks
+        max_concurrency=max_concurrency(kwargs["num_workers"]),
         num_cpus=0,
     ).remote(**kwargs)
+
+
+def max_concurrency(num_workers: int) -> int:
+    """Concurrent calls the actor must admit: one waiting ``exchange`` per rank, plus room
+    for the calls that arrive meanwhile (records, pings, the driver's progress reads)."""
+    return num_workers + 64
 
 
 def _jsonable(value: Any) -> Any:

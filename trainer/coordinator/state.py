@@ -10,12 +10,26 @@ coordinator) may resend a step without changing the result.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 
 from trainer.core.balance import make_balancer
 from trainer.core.serialize import from_list, to_list
+
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+class RankResult(TypedDict):
+    """What one worker receives for a step: its advantages (one per sample it sent, in
+    its order) and the objective weights."""
+
+    step: int
+    advantages: FloatArray
+    weights: FloatArray
 
 
 @dataclass
@@ -27,13 +41,9 @@ class StepResult:
     weights: np.ndarray
     info: dict[str, Any]
 
-    def for_rank(self, rank: int) -> dict[str, Any]:
+    def for_rank(self, rank: int) -> RankResult:
         """What one worker receives: its advantages, the weights, and the step."""
-        return {
-            "step": self.step,
-            "advantages": self.advantages[rank].tolist(),
-            "weights": self.weights.tolist(),
-        }
+        return {"step": self.step, "advantages": self.advantages[rank], "weights": self.weights}
 
 
 class CoordinatorState:
@@ -58,8 +68,13 @@ class CoordinatorState:
         self._pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.last: StepResult | None = None
 
-    def submit(self, step: int, rank: int, rewards: Any, group_ids: Any) -> StepResult | None:
+    def submit(
+        self, step: int, rank: int, rewards: FloatArray, group_ids: IntArray
+    ) -> StepResult | None:
         """Add one worker's share of ``step``; returns the result once the step is complete.
+
+        ``rewards`` is ``[K, b]`` with NaN for an unscored sample (array-likes are converted,
+        ``None`` counting as NaN); ``group_ids`` holds ``b`` integer group ids.
 
         A share for an already computed step returns that step's result (a resend after a
         restart); a share for a future step or from an unknown rank raises ``ValueError``.

@@ -202,9 +202,8 @@ class WorkerLoop:
             service=cfg.reward_service,
         )
         exchanged = time.perf_counter()
-        rewards = [[None if np.isnan(v) else float(v) for v in row] for row in data.rewards]
         reply = ray.get(
-            self.coordinator.exchange.remote(epoch, self.rank, rewards, data.group_ids.tolist())
+            self.coordinator.exchange.remote(epoch, self.rank, data.rewards, data.group_ids)
         )
         balanced = time.perf_counter()
         device = self.pipe.transformer.device
@@ -218,7 +217,7 @@ class WorkerLoop:
             self.pipe.transformer,
             data.rollout.to(device),
             data.embeds.to(device),
-            torch.tensor(reply["advantages"], dtype=torch.float32, device=device),
+            torch.as_tensor(reply["advantages"], dtype=torch.float32, device=device),
             steps,
             cfg=cfg.training,
             micro_batch_size=cfg.training.micro_batch_size or cfg.sampling.micro_batch_size,
