@@ -84,7 +84,8 @@ def format_tables(report: dict) -> str:
         for name in ("latency_p50_s", "cpu_per_step_s"):
             m = model[name]
             lines.append(
-                f"  {name}: a={m['fixed_s'] * 1e3:.2f} ms, b={m['per_worker_s'] * 1e6:.1f} us/worker, "
+                f"  {name}: a={m['fixed_s'] * 1e3:.2f} ms, "
+                f"b={m['per_worker_s'] * 1e6:.1f} us/worker, "
                 f"c={m['per_value_s'] * 1e9:.1f} ns/value, worst fit error "
                 f"{m['max_rel_error']:.0%}; 1% of a {EPOCH_S:.0f} s epoch at "
                 f"N={m['workers_at_1pct_k4']:.0f} (K=4), {m['workers_at_1pct_k8']:.0f} (K=8)"

@@ -88,9 +88,7 @@ def coordinator_cell(ray, pools, spec: BatchSpec, args, run_dir: Path) -> dict:
         if step == 1:
             usage.append(ray.get(coordinator.usage.remote()))
         calls = [
-            pool.exchange_step.remote(
-                COORDINATOR, spec, step, ranks, args.payload, args.timeout_s
-            )
+            pool.exchange_step.remote(COORDINATOR, spec, step, ranks, args.payload, args.timeout_s)
             for pool, ranks in zip(pools, parts, strict=False)
         ]
         try:
@@ -230,9 +228,7 @@ def run(args) -> dict:
     import ray
 
     temp = Path(tempfile.mkdtemp(prefix="apex-scale-"))
-    ray.init(
-        num_cpus=8, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp / "ray")
-    )
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp / "ray"))
     report: dict = {"coordinator": [], "fanin": [], "args": vars(args)}
     try:
         pool_cls = ray.remote(num_cpus=0, max_concurrency=4096)(RankPool)

@@ -18,7 +18,6 @@ import numpy.typing as npt
 from trainer.core.balance import make_balancer
 from trainer.core.serialize import from_list, to_list
 
-
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
