@@ -86,10 +86,12 @@ def train(cfg: TrainConfig, run: RunFolder, local: bool | None = None) -> None:
     """Start (or join) Ray, deploy or find the rewards, start the coordinator, then run the
     Ray Train job. ``local``: whether Ray was started for this run (None: start it here if
     needed); a run that joined a cluster never replaces the services running there."""
+    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from trainer.coordinator.actor import start_coordinator
+    from trainer.coordinator.run_log import run_log_name, start_run_log
     from trainer.launch import check_room, deploy_rewards, init_ray
     from trainer.loop.worker import train_loop_per_worker
     from trainer.progress import ProgressReporter
@@ -108,10 +110,17 @@ def train(cfg: TrainConfig, run: RunFolder, local: bool | None = None) -> None:
         run_dir=str(run.path),
         balancer_options=balancer_kwargs(cfg),
         exchange_timeout_s=cfg.coordinator.exchange_timeout_s,
+    )
+    run_log = start_run_log(
+        run_log_name(cfg.coordinator.actor_name),
+        cfg.coordinator.max_restarts,
+        objectives=names,
+        run_dir=str(run.path),
         write_metrics=cfg.coordinator.metrics_jsonl,
         export_metrics=cfg.logging.prometheus,
         trackers=cfg.logging.trackers,
     )
+    ray.get([coordinator.ping.remote(), run_log.latest_records.remote()])  # both are up
     scaling = cfg.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -130,7 +139,7 @@ def train(cfg: TrainConfig, run: RunFolder, local: bool | None = None) -> None:
         ),
     )
     progress = ProgressReporter(
-        coordinator, names, cfg.training.epochs, enabled=cfg.logging.progress_bar
+        run_log, names, cfg.training.epochs, enabled=cfg.logging.progress_bar
     )
     try:
         trainer.fit()

@@ -1,9 +1,10 @@
-"""The one progress bar of a training run, on the driver, fed by the coordinator.
+"""The one progress bar of a training run, on the driver, fed by the run log.
 
-The driver is blocked in ``TorchTrainer.fit()`` while the workers train; the coordinator
-holds every record the workers send. A thread asks it for the newest ``train`` and ``eval``
-records once a second; :meth:`ProgressReporter.close` asks once more after ``fit()`` has
-returned, so the bar always ends on the last epoch (N/N), also after a resume. Training and
+The driver is blocked in ``TorchTrainer.fit()`` while the workers train; the run log
+(:mod:`trainer.coordinator.run_log`) holds every record the workers send. A thread asks
+it for the newest ``train`` and ``eval`` records once a second;
+:meth:`ProgressReporter.close` asks once more after ``fit()`` has returned, so the bar
+always ends on the last epoch (N/N), also after a resume. Training and
 evaluation numbers are labelled apart: ``ocr 0.61`` is the last epoch's batch mean,
 ``eval@42 ocr 0.70`` the last evaluation's, ``λ`` the priorities.
 """
@@ -23,7 +24,7 @@ def short_name(name: str) -> str:
 
 def describe(records: dict[str, dict[str, Any]], objectives: list[str]) -> str:
     """``train: ocr 0.61 align 0.64 | λ .50 .20 .15 .15 | eval@42: ocr 0.70 ...`` from the
-    coordinator's newest ``train`` and ``eval`` records (either may be missing)."""
+    run log's newest ``train`` and ``eval`` records (either may be missing)."""
     parts = []
     train, evaluation = records.get("train") or {}, records.get("eval") or {}
     if train.get("reward_mean"):
@@ -47,8 +48,8 @@ def _values(values: list[float | None], objectives: list[str]) -> str:
 class ProgressReporter:
     """tqdm bar over epochs; ``close()`` takes the final records and stops the thread."""
 
-    def __init__(self, coordinator: Any, objectives: list[str], epochs: int, enabled: bool):
-        self.coordinator = coordinator
+    def __init__(self, run_log: Any, objectives: list[str], epochs: int, enabled: bool):
+        self.run_log = run_log
         self.objectives = objectives
         self.epochs = epochs
         self.enabled = enabled
@@ -66,8 +67,8 @@ class ProgressReporter:
         import ray
 
         try:
-            return ray.get(self.coordinator.latest_records.remote(), timeout=5)
-        except Exception:  # the coordinator may be restarting; try again next tick
+            return ray.get(self.run_log.latest_records.remote(), timeout=5)
+        except Exception:  # the run log may be restarting; try again next tick
             return None
 
     def _poll(self) -> None:

@@ -35,7 +35,7 @@ def test_train_and_eval_numbers_are_labelled_apart():
 
 
 def test_the_bar_follows_the_train_epoch_and_never_passes_the_total():
-    bar = ProgressReporter(coordinator=None, objectives=NAMES, epochs=5, enabled=False)
+    bar = ProgressReporter(run_log=None, objectives=NAMES, epochs=5, enabled=False)
     from tqdm import tqdm
 
     bar.bar = tqdm(total=5, disable=True)

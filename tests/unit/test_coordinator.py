@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from trainer.coordinator.actor import METRICS_FILE, STATE_FILE, Coordinator
+from trainer.coordinator.actor import STATE_FILE, Coordinator
+from trainer.coordinator.run_log import METRICS_FILE, RunLog
 from trainer.coordinator.state import CoordinatorState
 from trainer.core.balance import make_balancer
 
@@ -93,8 +94,11 @@ def _coordinator(tmp_path, workers=2):
         run_dir=str(tmp_path),
         balancer_options={"warmup_steps": 1},
         exchange_timeout_s=5,
-        export_metrics=False,
     )
+
+
+def _run_log(tmp_path):
+    return RunLog(objectives=OBJECTIVES, run_dir=str(tmp_path), export_metrics=False)
 
 
 def test_exchange_waits_for_every_worker_and_records_metrics(tmp_path):
@@ -108,12 +112,14 @@ def test_exchange_waits_for_every_worker_and_records_metrics(tmp_path):
                 for rank, part in enumerate(halves)
             )
         )
-        coord.record(0, "train", {"loss": 0.5, "kl": float("nan")})
+        # rank 0 logs the step with the balancer's terms its reply carried, as the worker does
+        _run_log(tmp_path).record(0, "train", {**replies[0]["info"], "loss": 0.5, "kl": np.nan})
         return coord, replies
 
     coord, replies = asyncio.run(run())
     assert [len(r["advantages"]) for r in replies] == [8, 8]
     assert all(isinstance(r["advantages"], np.ndarray) for r in replies)  # arrays, no lists
+    assert "weights" in replies[0]["info"] and replies[1]["info"] == {}  # terms for rank 0
     np.testing.assert_array_equal(replies[0]["weights"], replies[1]["weights"])
     lines = (tmp_path / METRICS_FILE).read_text().splitlines()
     record = json.loads(lines[0])
@@ -149,14 +155,25 @@ def test_a_run_restarted_before_its_first_checkpoint_starts_over(tmp_path):
 
     coord = _coordinator(tmp_path, 1)
     first = asyncio.run(steps(coord, 2))
-    assert coord.last_checkpoint() is None
-    coord.checkpoint_written("/runs/x/checkpoints/epoch_000001")
-    assert coord.last_checkpoint() == "/runs/x/checkpoints/epoch_000001"
-    assert coord.load_state_dict(None) == 0
+    restored = coord.load_state_dict(None)
+    assert restored["step"] == 0 and restored["previous_step"] == 2
+    assert restored["recomputed_steps"] == [0, 1]
     for want, got in zip(first, asyncio.run(steps(coord, 2)), strict=True):
         _assert_same_reply(want, got)
-    (restore,) = [json.loads(x) for x in (tmp_path / METRICS_FILE).read_text().splitlines()]
-    assert restore["kind"] == "restore" and restore["recomputed_steps"] == [0, 1]
+
+
+def test_the_run_log_remembers_the_newest_checkpoint_and_keeps_record_kinds_apart(tmp_path):
+    log = _run_log(tmp_path)
+    assert log.last_checkpoint() is None
+    log.checkpoint_written("/runs/x/checkpoints/epoch_000001")
+    assert log.last_checkpoint() == "/runs/x/checkpoints/epoch_000001"
+    log.record(3, "train", {"loss": np.float32(0.5), "counts": np.array([1, 2])})
+    log.record(4, "eval", {"reward_mean": np.array([0.1, np.nan, 0.3])})
+    latest = log.latest_records()
+    assert latest["train"]["step"] == 3 and latest["train"]["counts"] == [1, 2]
+    assert latest["eval"]["reward_mean"] == [0.1, None, 0.3]  # strict JSON: NaN as null
+    lines = [json.loads(x) for x in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in lines] == [("train", 3), ("eval", 4)]
 
 
 def test_nan_crosses_the_exchange_as_nan_and_equals_the_none_lists_it_replaced(tmp_path):

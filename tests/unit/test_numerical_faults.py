@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.coordinator.actor import METRICS_FILE, Coordinator
+from trainer.coordinator.actor import Coordinator
 from trainer.coordinator.metrics import PER_OBJECTIVE
+from trainer.coordinator.run_log import METRICS_FILE, RunLog
 from trainer.coordinator.state import CoordinatorState
 from trainer.core.balance import BALANCER_NAMES, make_balancer
 from trainer.core.faults import CUMULATIVE_KEYS, STEP_KEYS, FaultTotals
@@ -179,14 +180,14 @@ def test_the_counts_reach_the_train_record_and_every_one_has_a_gauge(tmp_path):
         num_workers=1,
         run_dir=str(tmp_path),
         balancer_options={"warmup_steps": 1},
-        export_metrics=False,
     )
+    log = RunLog(objectives=OBJECTIVES, run_dir=str(tmp_path), export_metrics=False)
 
     async def steps():
         for step, case in enumerate(["nan_and_inf", "objective_missing"]):
             r, _ = _faulty_batch(case, seed=step)
-            await coord.exchange(step, 0, r, GROUPS)  # the worker's array: NaN and +-inf as is
-            coord.record(step, "train", {"loss": 0.1})
+            reply = await coord.exchange(step, 0, r, GROUPS)  # NaN and +-inf cross as they are
+            log.record(step, "train", {**reply["info"], "loss": 0.1})  # as rank 0 does
 
     asyncio.run(steps())
     records = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
@@ -200,7 +201,7 @@ def test_the_counts_reach_the_train_record_and_every_one_has_a_gauge(tmp_path):
     assert set(STEP_KEYS) | set(CUMULATIVE_KEYS) | {"scored_count"} <= set(PER_OBJECTIVE)
 
 
-def test_restoring_a_checkpoint_rewinds_the_totals_and_logs_a_restore_record(tmp_path):
+def test_restoring_a_checkpoint_rewinds_the_totals_and_returns_the_restore_record(tmp_path):
     import asyncio
 
     coord = Coordinator(
@@ -208,7 +209,6 @@ def test_restoring_a_checkpoint_rewinds_the_totals_and_logs_a_restore_record(tmp
         objectives=OBJECTIVES,
         num_workers=1,
         run_dir=str(tmp_path),
-        export_metrics=False,
     )
 
     async def step(t, case):
@@ -221,12 +221,12 @@ def test_restoring_a_checkpoint_rewinds_the_totals_and_logs_a_restore_record(tmp
     asyncio.run(step(2, "objective_missing"))
     assert coord.state.fault_totals()["objective_missing_cumulative"].tolist() == [3, 0, 0]
 
-    assert coord.load_state_dict(checkpoint) == 1
+    restored = coord.load_state_dict(checkpoint)
+    assert restored["step"] == 1 and restored["previous_step"] == 3
+    assert restored["recomputed_steps"] == [1, 2]
+    assert restored["objective_missing_cumulative"].tolist() == [1, 0, 0]  # for the gauges
     assert coord.state.fault_totals()["objective_missing_cumulative"].tolist() == [1, 0, 0]
     again = asyncio.run(step(1, "objective_missing"))  # the redone step, counted once
     np.testing.assert_array_equal(again["advantages"], first["advantages"])
     np.testing.assert_array_equal(again["weights"], first["weights"])
     assert coord.state.fault_totals()["objective_missing_cumulative"].tolist() == [2, 0, 0]
-    (restore,) = [json.loads(x) for x in (tmp_path / METRICS_FILE).read_text().splitlines()]
-    assert restore["kind"] == "restore" and restore["step"] == 1
-    assert restore["previous_step"] == 3 and restore["recomputed_steps"] == [1, 2]

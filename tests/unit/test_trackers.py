@@ -6,10 +6,12 @@ import asyncio
 import importlib.util
 import logging
 
+import numpy as np
 import pytest
 
 from trainer.config import LoggingConfig
 from trainer.coordinator.actor import Coordinator
+from trainer.coordinator.run_log import RunLog
 from trainer.coordinator.trackers import (
     TENSORBOARD_DIR,
     Trackers,
@@ -78,19 +80,20 @@ def test_a_failing_tracker_is_dropped_and_the_run_goes_on(tmp_path, caplog):
     assert sum("tracker broken disabled" in r.message for r in caplog.records) == 1
 
 
-def test_the_coordinator_feeds_tensorboard_by_default_config(tmp_path):
+def test_the_run_log_feeds_tensorboard_by_default_config(tmp_path):
     coord = Coordinator(
-        balancer="static",
+        balancer="static", objectives=["ocr", "jpeg"], num_workers=1, run_dir=str(tmp_path)
+    )
+    log = RunLog(
         objectives=["ocr", "jpeg"],
-        num_workers=1,
         run_dir=str(tmp_path),
         export_metrics=False,
         trackers=LoggingConfig().trackers,
     )
-    result = asyncio.run(coord.exchange(0, 0, [[0.1, 0.9], [1.0, 2.0]], [0, 0]))
+    result = asyncio.run(coord.exchange(0, 0, np.array([[0.1, 0.9], [1.0, 2.0]]), [0, 0]))
     assert len(result["advantages"]) == 2
-    coord.record(0, "train", {"loss": 0.25})
-    coord.record(0, "eval", {"reward_mean": [0.5, -1.0]})
+    log.record(0, "train", {**result["info"], "loss": 0.25})  # as rank 0 does
+    log.record(0, "eval", {"reward_mean": [0.5, -1.0]})
     scalars = read_tensorboard_scalars(tmp_path / TENSORBOARD_DIR)
     assert scalars["train/loss"] == [(0, 0.25)]
     assert scalars["train/reward_mean/jpeg"] == [(0, 1.5)]  # the balancer's terms come too

@@ -24,11 +24,13 @@ IntArray = npt.NDArray[np.int64]
 
 class RankResult(TypedDict):
     """What one worker receives for a step: its advantages (one per sample it sent, in
-    its order) and the objective weights."""
+    its order), the objective weights and, for rank 0 only (empty elsewhere), the
+    balancer's terms for the run log's train record."""
 
     step: int
     advantages: FloatArray
     weights: FloatArray
+    info: dict[str, Any]
 
 
 @dataclass
@@ -41,8 +43,15 @@ class StepResult:
     info: dict[str, Any]
 
     def for_rank(self, rank: int) -> RankResult:
-        """What one worker receives: its advantages, the weights, and the step."""
-        return {"step": self.step, "advantages": self.advantages[rank], "weights": self.weights}
+        """What one worker receives: its advantages, the weights, the step and (rank 0) the
+        balancer's terms."""
+        info = {k: v for k, v in self.info.items() if k != "step"} if rank == 0 else {}
+        return {
+            "step": self.step,
+            "advantages": self.advantages[rank],
+            "weights": self.weights,
+            "info": info,
+        }
 
 
 class CoordinatorState:

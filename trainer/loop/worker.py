@@ -21,6 +21,7 @@ import torch
 
 from services.client import RetryPolicy, RewardClient
 from trainer.config import RewardServiceConfig, TrainConfig
+from trainer.coordinator.run_log import run_log_name
 from trainer.loop import checkpoint as ckpt_io
 from trainer.loop.data import PromptSampler, load_prompts
 from trainer.loop.evaluation import evaluate
@@ -75,6 +76,7 @@ class WorkerLoop:
         self.ema = LoraEma(self.params, t.ema_decay, ramp=t.ema_ramp) if t.ema else None
         self.client = reward_client(cfg.reward_service)
         self.coordinator = ray.get_actor(cfg.coordinator.actor_name)
+        self.run_log = ray.get_actor(run_log_name(cfg.coordinator.actor_name))
         self.rewards = [r.name for r in cfg.rewards]
         prompts = load_prompts(cfg.data.train_prompts, cfg.data.format)
         self.sampler = PromptSampler(prompts, t.groups_per_epoch, t.seed)
@@ -101,7 +103,7 @@ class WorkerLoop:
         import ray
         import ray.train
 
-        written = ray.get(self.coordinator.last_checkpoint.remote())
+        written = ray.get(self.run_log.last_checkpoint.remote())
         if self._on_every_rank(written is not None and ckpt_io.is_complete(written)):
             self._load(ckpt_io.load_checkpoint(written))
         elif (found := ray.train.get_checkpoint()) is not None:
@@ -114,7 +116,7 @@ class WorkerLoop:
                 raise FileNotFoundError(f"checkpoint.resume_from=latest: none in {self.ckpt_root}")
             self._load(ckpt_io.load_checkpoint(path))
         elif self.rank == 0 and ray.get(self.coordinator.ping.remote()) > 0:
-            ray.get(self.coordinator.load_state_dict.remote(None))
+            self._restore_coordinator(None)
         if self.world > 1:
             torch.distributed.barrier()  # the coordinator is restored before anyone exchanges
 
@@ -127,7 +129,6 @@ class WorkerLoop:
         return bool(value.item())
 
     def _load(self, ckpt: ckpt_io.TrainerCheckpoint) -> None:
-        import ray
 
         load_lora_state_dict(self.pipe.transformer, ckpt.lora)
         if self.ema is not None and ckpt.ema is not None:
@@ -141,8 +142,17 @@ class WorkerLoop:
         self.eval_base = state.get("eval_base")
         self.eval_history = state.get("eval_history", [])
         if self.rank == 0:
-            ray.get(self.coordinator.load_state_dict.remote(state["coordinator"]))
+            self._restore_coordinator(state["coordinator"])
         logger.info("worker %d resumed at epoch %d", self.rank, self.start_epoch)
+
+    def _restore_coordinator(self, state: dict[str, Any] | None) -> None:
+        """Rank 0: restore the coordinator (``None``: its initial state) and log a
+        ``restore`` record naming the steps that will be balanced again."""
+        import ray
+
+        restored = ray.get(self.coordinator.load_state_dict.remote(state))
+        step = restored.pop("step")
+        ray.get(self.run_log.record.remote(step, "restore", restored))
 
     def checkpoint(self, epoch: int, metrics: dict[str, Any]) -> None:
         """Rank 0 writes the checkpoint; every rank reports it to Ray Train."""
@@ -173,7 +183,7 @@ class WorkerLoop:
                 ),
                 keep=self.cfg.checkpoint.keep,
             )
-            ray.get(self.coordinator.checkpoint_written.remote(str(path)))
+            ray.get(self.run_log.checkpoint_written.remote(str(path)))
         checkpoint = ray.train.Checkpoint.from_directory(str(path)) if path else None
         # one copy: under the run folder (Ray Train's run directory, see trainer.main) the
         # checkpoint is registered in place; a checkpoint.dir elsewhere is uploaded to it
@@ -233,6 +243,7 @@ class WorkerLoop:
         retries, waits = self._sum_over_workers(tally, device)
         done = time.perf_counter()
         return {
+            **reply["info"],  # rank 0: the balancer's terms for this step's train record
             "epoch": epoch,
             **vars(stats),
             "reward_retries": retries,
@@ -282,7 +293,7 @@ class WorkerLoop:
             "unscorable_count": result["unscorable_count"],
             **{k: v for k, v in summary.items() if k != "objectives_used"},
         }
-        self.coordinator.record.remote(step, "eval", record)
+        self.run_log.record.remote(step, "eval", record)
 
     def export_lora(self) -> Path:
         """Rank 0, at the end: the adapter the evaluations scored (the EMA when kept) in
@@ -315,7 +326,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(loop.start_epoch, cfg.training.epochs):
         record = loop.run_epoch(epoch)
         if rank == 0:
-            ray.get(loop.coordinator.record.remote(epoch, "train", record))
+            ray.get(loop.run_log.record.remote(epoch, "train", record))
         completed = epoch + 1
         every = evaluation.every_n_epochs
         if rank == 0 and every and (completed % every == 0 or epoch == last):
