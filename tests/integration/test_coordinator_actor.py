@@ -32,7 +32,6 @@ def test_a_killed_coordinator_restarts_and_continues_exactly(ray_cluster, tmp_pa
         num_workers=1,
         run_dir=str(tmp_path),
         balancer_options={"warmup_steps": 2},
-        export_metrics=False,
     )
     got = []
     for step in range(6):

@@ -34,7 +34,6 @@ def test_many_ranks_get_the_advantages_of_one_rank_with_the_whole_batch(
         num_workers=ranks,
         run_dir=str(tmp_path),
         exchange_timeout_s=60,
-        export_metrics=False,
     )
     ray.get(coordinator.ping.remote())  # registered under its name before the ranks look it up
     pools = [ray.remote(num_cpus=0, max_concurrency=1024)(RankPool).remote() for _ in range(2)]
