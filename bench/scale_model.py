@@ -20,13 +20,20 @@ SAMPLES_PER_WORKER = 1152 // 8  # the paper's 48 groups x 24 images on 8 GPUs
 TERMS = ("fixed_s", "per_worker_s", "per_value_s")
 
 
-def fit_cost_model(cells: list[dict]) -> dict:
-    """Fit latency (p50) and CPU per step over the cells; the N where each reaches 1%."""
+def fit_cost_model(cells: list[dict], floor: list[dict] | None = None) -> dict:
+    """Fit latency (p50) and CPU per step over the cells; the N where each reaches 1%.
+    ``floor``: the bare-barrier cells, fitted as ``a + b*N`` (Ray's own cost per call)."""
     ok = [c for c in cells if "error" not in c]
     if len(ok) < 3:
         return {"error": f"{len(ok)} measured cells; the fit needs at least 3"}
     design = np.array([[1.0, c["workers"], c["batch"] * c["objectives"]] for c in ok])
     out: dict = {"form": "t = a + b*N + c*B*K", "cells": len(ok)}
+    floor_ok = [c for c in floor or [] if "error" not in c]
+    if len(floor_ok) >= 2:
+        x = np.array([[1.0, c["workers"]] for c in floor_ok])
+        for name in ("latency_p50_s", "cpu_per_step_s"):
+            coef, *_ = np.linalg.lstsq(x, np.array([c[name] for c in floor_ok]), rcond=None)
+            out[f"floor_{name}"] = {"fixed_s": float(coef[0]), "per_worker_s": float(coef[1])}
     for name in ("latency_p50_s", "cpu_per_step_s"):
         target = np.array([c[name] for c in ok])
         coef, *_ = np.linalg.lstsq(design, target, rcond=None)
@@ -66,6 +73,17 @@ def format_tables(report: dict) -> str:
             f"{c['cpu_per_step_s'] * 1e3:7.1f} {c['peak_rss_mb']:7.0f} "
             f"{c['bytes_per_step'] / 1024:8.0f}"
         )
+    if report.get("floor"):
+        lines += ["", "Ray's floor: the same calls to a bare barrier actor (no balancing)"]
+        for c in report["floor"]:
+            if "error" in c:
+                lines.append(f"{c['workers']:>5}  {c['error']}")
+                continue
+            lines.append(
+                f"{c['workers']:>5} {c['batch']:>6} {c['objectives']:>2} "
+                f"{c['latency_p50_s'] * 1e3:8.1f} {c['latency_p99_s'] * 1e3:8.1f} "
+                f"{c['cpu_per_step_s'] * 1e3:7.1f}"
+            )
     if report["fanin"]:
         lines += ["", "Serve fan-in (colorfulness, 4 images of 64 px per request, closed loop)"]
         lines.append(
@@ -90,6 +108,13 @@ def format_tables(report: dict) -> str:
                 f"{m['max_rel_error']:.0%}; 1% of a {EPOCH_S:.0f} s epoch at "
                 f"N={m['workers_at_1pct_k4']:.0f} (K=4), {m['workers_at_1pct_k8']:.0f} (K=8)"
             )
+        for name in ("floor_latency_p50_s", "floor_cpu_per_step_s"):
+            if name in model:
+                m = model[name]
+                lines.append(
+                    f"  {name}: a={m['fixed_s'] * 1e3:.2f} ms, "
+                    f"b={m['per_worker_s'] * 1e6:.1f} us/worker"
+                )
     lines += ["", "goals"]
     for g in report.get("goals", []):
         lines.append(f"  [{'PASS' if g['ok'] else 'FAIL'}] {g['check']}: {g['value']}")

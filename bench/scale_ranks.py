@@ -71,6 +71,45 @@ def serialized_bytes(value: object) -> int:
     return len(pickle.dumps(value, protocol=5))
 
 
+class BarrierFloor:
+    """Ray's floor for one coordinator step: an async actor whose ``exchange`` only waits
+    until all ``num_workers`` ranks have called and answers each with arrays of the sizes
+    the real coordinator returns (no balancing, no state, no disk). What the real actor
+    takes beyond this is the coordinator's own cost."""
+
+    def __init__(self, num_workers: int, k: int):
+        self.num_workers, self.k = num_workers, k
+        self.arrived: dict[int, int] = {}
+        self.done: dict[int, asyncio.Event] = {}
+
+    async def exchange(self, step: int, rank: int, rewards, group_ids) -> dict:
+        """Count the rank in, wait for the rest, answer."""
+        done = self.done.setdefault(step, asyncio.Event())
+        self.arrived[step] = self.arrived.get(step, 0) + 1
+        if self.arrived[step] == self.num_workers:
+            done.set()
+        await done.wait()
+        return {
+            "step": step,
+            "advantages": np.zeros(len(group_ids)),
+            "weights": np.full(self.k, 1.0 / self.k),
+            "info": {},
+        }
+
+    def usage(self) -> dict[str, float]:
+        """CPU seconds and peak memory of this process, as ``Coordinator.usage``."""
+        import resource
+
+        return {
+            "cpu_s": time.process_time(),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
+
+    def ping(self) -> int:
+        """Liveness check."""
+        return 0
+
+
 class RankPool:
     """One process of simulated ranks (the ranks of each call are passed in);
     ``bench/scale_sim.py`` makes it a Ray actor."""

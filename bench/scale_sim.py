@@ -9,7 +9,9 @@ play N distinct trainer ranks with many asyncio callers (coordinator) or threads
    synthetic batch at once, for ``--steps`` measured steps after one warm-up. Per cell: the
    step latency from the last submit to the last answer (p50, p99), the coordinator
    process's CPU seconds per step and peak memory, and the bytes one step moves (serialized
-   sizes of every call's arguments and answer).
+   sizes of every call's arguments and answer). The same calls against a bare barrier actor
+   (:class:`bench.scale_ranks.BarrierFloor`) give Ray's floor per N: what remains above it
+   is the coordinator's own cost.
 2. **Serve fan-in.** For every replica ceiling R (autoscaling from 1 replica) and N: N ranks
    score micro-batches of 64 px images with a light reward (``colorfulness``) in a closed
    loop for ``--fanin-duration`` s through ``RewardClient.in_cluster``. Throughput, p50 and
@@ -45,7 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.scale_model import fit_cost_model, format_tables  # noqa: E402
-from bench.scale_ranks import BatchSpec, RankPool  # noqa: E402
+from bench.scale_ranks import BarrierFloor, BatchSpec, RankPool  # noqa: E402
 
 GROUP_SIZE = 24  # the paper's images per prompt
 COORDINATOR = "scale-sim-coordinator"
@@ -68,19 +70,27 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def coordinator_cell(ray, pools, spec: BatchSpec, args, run_dir: Path) -> dict:
-    """Measure one (N, B, K) cell on a fresh coordinator actor."""
-    from trainer.coordinator.actor import start_coordinator
+def coordinator_cell(ray, pools, spec: BatchSpec, args, run_dir: Path, floor: bool) -> dict:
+    """Measure one (N, B, K) cell on a fresh coordinator actor (``floor``: on a
+    :class:`BarrierFloor` instead, Ray's cost of the same calls without the coordinator)."""
+    from trainer.coordinator.actor import max_concurrency, start_coordinator
 
-    coordinator = start_coordinator(
-        COORDINATOR,
-        max_restarts=0,
-        balancer="apex",
-        objectives=[f"reward_{k}" for k in range(spec.k)],
-        num_workers=spec.ranks,
-        run_dir=str(run_dir),
-        exchange_timeout_s=args.timeout_s,
-    )
+    if floor:
+        coordinator = (
+            ray.remote(BarrierFloor)
+            .options(name=COORDINATOR, max_concurrency=max_concurrency(spec.ranks), num_cpus=0)
+            .remote(spec.ranks, spec.k)
+        )
+    else:
+        coordinator = start_coordinator(
+            COORDINATOR,
+            max_restarts=0,
+            balancer="apex",
+            objectives=[f"reward_{k}" for k in range(spec.k)],
+            num_workers=spec.ranks,
+            run_dir=str(run_dir),
+            exchange_timeout_s=args.timeout_s,
+        )
     ray.get(coordinator.ping.remote())
     parts = split_ranks(spec.ranks, len(pools))
     latencies, submit_spread, bytes_moved, usage = [], [], [], []
@@ -121,6 +131,22 @@ def coordinator_cell(ray, pools, spec: BatchSpec, args, run_dir: Path) -> dict:
 
 def _cell_keys(spec: BatchSpec) -> dict:
     return {"workers": spec.ranks, "batch": spec.batch, "objectives": spec.k}
+
+
+def floor_cells(ray, pools, args) -> list[dict]:
+    """Ray's floor at every N, with the smallest batch and K: the per-call cost alone."""
+    cells = []
+    for n in args.workers:
+        spec = BatchSpec(
+            groups=min(args.batches) // GROUP_SIZE,
+            group_size=GROUP_SIZE,
+            k=min(args.objectives),
+            ranks=n,
+        )
+        cell = coordinator_cell(ray, pools, spec, args, Path("."), floor=True)
+        cells.append(cell)
+        print("floor " + _cell_line(cell), flush=True)
+    return cells
 
 
 def fanin_config(max_replicas: int):
@@ -229,15 +255,17 @@ def run(args) -> dict:
 
     temp = Path(tempfile.mkdtemp(prefix="apex-scale-"))
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp / "ray"))
-    report: dict = {"coordinator": [], "fanin": [], "args": vars(args)}
+    report: dict = {"coordinator": [], "floor": [], "fanin": [], "args": vars(args)}
     try:
         pool_cls = ray.remote(num_cpus=0, max_concurrency=4096)(RankPool)
         pools = [pool_cls.remote() for _ in range(args.pools)]
+        report["floor"] = floor_cells(ray, pools, args)
         for n in args.workers:
             for b in args.batches:
                 for k in args.objectives:
                     spec = BatchSpec(groups=b // GROUP_SIZE, group_size=GROUP_SIZE, k=k, ranks=n)
-                    cell = coordinator_cell(ray, pools, spec, args, temp / f"run-{n}-{b}-{k}")
+                    run_dir = temp / f"run-{n}-{b}-{k}"
+                    cell = coordinator_cell(ray, pools, spec, args, run_dir, floor=False)
                     report["coordinator"].append(cell)
                     print(_cell_line(cell), flush=True)
         if args.fanin_workers:
@@ -258,7 +286,7 @@ def run(args) -> dict:
             serve.shutdown()
     finally:
         ray.shutdown()
-    report["model"] = fit_cost_model(report["coordinator"])
+    report["model"] = fit_cost_model(report["coordinator"], report["floor"])
     report["goals"] = goals(report)
     return report
 
