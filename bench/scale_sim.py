@@ -12,7 +12,7 @@ play N distinct trainer ranks with many asyncio callers (coordinator) or threads
    sizes of every call's arguments and answer). The same calls against a bare barrier actor
    (:class:`bench.scale_ranks.BarrierFloor`) give Ray's floor per N: what remains above it
    is the coordinator's own cost.
-2. **Serve fan-in.** For every replica ceiling R (autoscaling from 1 replica) and N: N ranks
+2. **Serve fan-in.** For every replica ceiling R (autoscaling 1..R, starting at R) and N: N ranks
    score micro-batches of 64 px images with a light reward (``colorfulness``) in a closed
    loop for ``--fanin-duration`` s through ``RewardClient.in_cluster``. Throughput, p50 and
    p99 latency, failed requests, lost scores and the replicas running at the end.
@@ -150,12 +150,17 @@ def floor_cells(ray, pools, args) -> list[dict]:
 
 
 def fanin_config(max_replicas: int):
-    """A one-reward app, autoscaled from 1 to ``max_replicas`` on short metric windows."""
+    """A one-reward app, autoscaled between 1 and ``max_replicas`` on short metric windows.
+
+    It starts at ``max_replicas``: a replica takes 15-30 s to start on 2 shared cores,
+    longer than a cell, and the load of every cell keeps the autoscaler at its ceiling.
+    """
     from services.config import load_services_config
 
     autoscaling = {
         "min_replicas": 1,
         "max_replicas": max_replicas,
+        "initial_replicas": max_replicas,
         "target_ongoing_requests": 4,
         "upscale_delay_s": 1.0,
         "downscale_delay_s": 5.0,
