@@ -340,6 +340,19 @@ def test_cluster_yaml_starts_ray_with_metrics_dashboard_and_autoscaling():
         assert key in config, f"{key}: unset, Ray's default (a nightly wheel, boto3) applies"
 
 
+def test_gcs_fault_tolerance_is_configured_with_a_redis_and_no_literal_password():
+    head = " ".join(_load(DEPLOY / "cluster.yaml")["head_start_ray_commands"])
+    assert 'export RAY_REDIS_ADDRESS="$(cat ~/.apex/redis_address)"' in head
+    assert '--redis-password="$(cat ~/.apex/redis_password)"' in head
+    assert head.index("RAY_REDIS_ADDRESS=") < head.index("ray start --head")
+    options = _load(DEPLOY / "kuberay" / "rayservice-rewards.yaml")["spec"]["rayClusterConfig"][
+        "gcsFaultToleranceOptions"
+    ]
+    host, port = options["redisAddress"].rsplit(":", 1)
+    assert host and port.isdigit()
+    assert options["redisPassword"]["valueFrom"]["secretKeyRef"]["key"] == "password"
+
+
 def test_placeholders_are_marked():
     for path in [*CLUSTER_YAMLS, *KUBERAY_YAMLS]:
         for number, line in enumerate(path.read_text().splitlines(), 1):
