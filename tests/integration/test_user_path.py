@@ -100,7 +100,13 @@ def test_train_sample_and_evaluate_against_running_services(served, tmp_path):
     images = sorted((tmp_path / "samples" / "tuned").glob("*.png"))
     assert len(images) == 2
 
-    evaluate = [sys.executable, "-m", "services.eval", "--rewards", "colorfulness,jpeg_compressibility"]
+    evaluate = [
+        sys.executable,
+        "-m",
+        "services.eval",
+        "--rewards",
+        "colorfulness,jpeg_compressibility",
+    ]
     evaluate += ["--images", str(tmp_path / "samples" / "tuned"), "--url", served["url"]]
     evaluate += ["--out", str(tmp_path / "eval.csv")]
     done = subprocess.run(

@@ -28,7 +28,7 @@ from bench.e2e_summary import (
     widest_reward,
 )
 from trainer.config import dump_config, load_config
-from trainer.report import save_image_grid
+from trainer.outputs.images import save_image_grid
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = [r.model_dump() for r in load_config(ROOT / "deploy/configs/local.yaml").rewards]

@@ -1,8 +1,8 @@
 """The one progress bar of a training run, on the driver, fed by the coordinator.
 
 The driver is blocked in ``TorchTrainer.fit()`` while the workers train; the coordinator
-holds every record the workers send. A thread asks it for the newest ``train`` and ``eval``
-records once a second; :meth:`ProgressReporter.close` asks once more after ``fit()`` has
+holds every record the workers send. A thread calls ``fetch`` (given by the driver, which
+asks the coordinator) for the newest ``train`` and ``eval`` records once a second; :meth:`ProgressReporter.close` asks once more after ``fit()`` has
 returned, so the bar always ends on the last epoch (N/N), also after a resume. Training and
 evaluation numbers are labelled apart: ``ocr 0.61`` is the last epoch's batch mean,
 ``eval@42 ocr 0.70`` the last evaluation's, ``λ`` the priorities.
@@ -11,6 +11,7 @@ evaluation numbers are labelled apart: ``ocr 0.61`` is the last epoch's batch me
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 SHORT = {"prompt_alignment": "align", "colorfulness": "colour", "jpeg_compressibility": "jpeg"}
@@ -45,10 +46,20 @@ def _values(values: list[float | None], objectives: list[str]) -> str:
 
 
 class ProgressReporter:
-    """tqdm bar over epochs; ``close()`` takes the final records and stops the thread."""
+    """tqdm bar over epochs; ``close()`` takes the final records and stops the thread.
 
-    def __init__(self, coordinator: Any, objectives: list[str], epochs: int, enabled: bool):
-        self.coordinator = coordinator
+    ``fetch()`` returns ``{"train": record, "eval": record}`` (either may be missing), or None
+    when there is nothing to show yet; it is never called when the bar is disabled.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], dict[str, dict[str, Any]] | None],
+        objectives: list[str],
+        epochs: int,
+        enabled: bool,
+    ):
+        self.fetch = fetch
         self.objectives = objectives
         self.epochs = epochs
         self.enabled = enabled
@@ -62,17 +73,9 @@ class ProgressReporter:
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
-    def _fetch(self) -> dict[str, dict[str, Any]] | None:
-        import ray
-
-        try:
-            return ray.get(self.coordinator.latest_records.remote(), timeout=5)
-        except Exception:  # the coordinator may be restarting; try again next tick
-            return None
-
     def _poll(self) -> None:
         while not self._stop.wait(1.0):
-            records = self._fetch()
+            records = self.fetch()
             if records:
                 self.update(records)
 
@@ -90,7 +93,7 @@ class ProgressReporter:
         if self._thread is None:
             return
         self._thread.join(timeout=5)
-        records = self._fetch()
+        records = self.fetch()
         if records:
             self.update(records)
         self.bar.close()
