@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from common.config_loader import format_errors
 from common.discovery import discovery_path, read_discovery
 from trainer.config import RewardConfig, TrainConfig
-from trainer.config_loader import format_errors
 from trainer.console import library_level, quiet_libraries
 
 logger = logging.getLogger(__name__)

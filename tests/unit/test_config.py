@@ -11,6 +11,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from trainer.batch_shape import batch_shape_problem
 from trainer.config import (
     ConfigError,
     TrainConfig,
@@ -18,7 +19,6 @@ from trainer.config import (
     dump_config,
     load_config,
 )
-from trainer.config_loader import batch_shape_problem
 from trainer.core.balance import BALANCER_NAMES, make_balancer
 
 ROOT = Path(__file__).resolve().parents[2]

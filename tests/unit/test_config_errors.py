@@ -55,7 +55,7 @@ def _fails_fast(module: str, override: str, runs: Path) -> str:
     assert out.returncode == 2, "\n".join(lines)[-3000:]
     timed = [line for line in out.stderr.splitlines() if line.startswith("import time:")]
     imported = [line.split("|")[-1].strip() for line in timed]
-    assert "trainer.config_loader" in imported  # the listing is there to be searched
+    assert "common.config_loader" in imported  # the listing is there to be searched
     ray = [name for name in imported if RAY_IMPORT.match(name)]
     assert not ray, f"imported {len(ray)} ray modules, e.g. {ray[:3]}"
     assert len(lines) == 1, lines  # one line, no traceback
