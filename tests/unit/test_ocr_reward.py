@@ -21,7 +21,7 @@ from services.rewards.ocr import (
     ocr_reward,
     target_problem,
 )
-from services.rewards.ocr_engines import (
+from services.rewards.ocr.engines import (
     ONNX_MODELS,
     OnnxOcrEngine,
     PaddleOcrEngine,

@@ -14,13 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from services.rewards._torch import (
-    CLIP_MEAN,
-    CLIP_STD,
-    ClipPreprocess,
-    build_tiny_clip,
-    make_char_tokenizer,
-)
+from common.tokenizers import clip_tokenizer
+from services.rewards._torch.clip import build_tiny_clip
+from services.rewards._torch.preprocess import CLIP_MEAN, CLIP_STD, ClipPreprocess
 from services.rewards.aesthetic import AestheticMLP
 from services.rewards.base import build_reward, reward_names
 from services.rewards.deqa import (
@@ -306,7 +302,7 @@ def test_health_check_raises_on_broken_model(name):
 
 
 def test_char_tokenizer_adds_bos_and_eos():
-    tok = make_char_tokenizer()
+    tok = clip_tokenizer()
     ids = tok("ab")["input_ids"]
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and len(ids) == 4
 
