@@ -2,8 +2,9 @@
 
 The driver is blocked in ``TorchTrainer.fit()`` while the workers train; the coordinator
 holds every record the workers send. A thread calls ``fetch`` (given by the driver, which
-asks the coordinator) for the newest ``train`` and ``eval`` records once a second; :meth:`ProgressReporter.close` asks once more after ``fit()`` has
-returned, so the bar always ends on the last epoch (N/N), also after a resume. Training and
+asks the coordinator) for the newest ``train`` and ``eval`` records once a second;
+:meth:`ProgressReporter.close` asks once more after ``fit()`` has returned, so the bar
+always ends on the last epoch (N/N), also after a resume. Training and
 evaluation numbers are labelled apart: ``ocr 0.61`` is the last epoch's batch mean,
 ``eval@42 ocr 0.70`` the last evaluation's, ``λ`` the priorities.
 """
