@@ -16,7 +16,7 @@ from bench.e2e_alignment import main
 from tests.integration.training_runs import REWARDS
 from trainer.outputs.records import read_metrics, records_of_kind
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TINY = [
     "balancer.options.warmup_steps=1",

@@ -28,7 +28,7 @@ from tests.integration.training_runs import fit
 from trainer.loop.checkpoint import latest_checkpoint
 from trainer.outputs.records import read_metrics, records_of_kind
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 APP = "faults"
 OBJECTIVES = ["jpeg_compressibility", "colorfulness"]

@@ -105,6 +105,7 @@ def test_plan_covers_every_balancer_and_seed_and_never_deploys_per_run(tmp_path)
     assert len(full["runs"]) == 7 * 3 and full["runs"][0]["cfg"].training.epochs == 24
 
 
+@pytest.mark.slow
 def test_bad_arguments_exit_2_before_ray_is_imported():
     code = (
         "import sys; from bench.e2e_alignment import main\n"

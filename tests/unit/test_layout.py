@@ -17,6 +17,7 @@ SOURCES = sorted(
 )
 
 
+@pytest.mark.slow
 def test_core_imports_without_ray_http_or_diffusers():
     code = (
         "import sys, trainer.core.balance, trainer.core.sde, trainer.core.losses;"

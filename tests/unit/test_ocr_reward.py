@@ -295,6 +295,7 @@ def ocr() -> OcrReward:
     return reward
 
 
+@pytest.mark.slow
 def test_real_ocr_reads_rendered_words(ocr):
     images = [render(w) for w in WORDS]
     start = time.perf_counter()

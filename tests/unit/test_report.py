@@ -151,6 +151,7 @@ def test_records_of_kind_sorts_and_keeps_the_last_of_a_repeated_step():
     assert [(r["step"], r["loss"]) for r in train] == [(1, 0.0), (2, 5.0)]
 
 
+@pytest.mark.slow  # matplotlib
 def test_plots_of_a_synthetic_run_are_valid_pngs(tmp_path):
     folder = RunFolder(tmp_path / "run")
     _synthetic_run(folder)
@@ -171,6 +172,7 @@ def test_plots_of_a_synthetic_run_are_valid_pngs(tmp_path):
         _assert_png(path)
 
 
+@pytest.mark.slow  # matplotlib
 def test_plots_skip_missing_keys(tmp_path):
     # a static balancer has no P3 terms; a run without evaluation has no eval plot
     folder = RunFolder(tmp_path / "run")
@@ -189,6 +191,7 @@ def test_plots_skip_missing_keys(tmp_path):
         _assert_png(path)
 
 
+@pytest.mark.slow  # matplotlib
 def test_plots_without_p3_but_with_eval(tmp_path):
     folder = RunFolder(tmp_path / "run")
     _synthetic_run(folder, p3=False)
@@ -196,6 +199,7 @@ def test_plots_without_p3_but_with_eval(tmp_path):
     assert "priorities.png" not in names and {"eval.png", "eval_gains.png"} <= names
 
 
+@pytest.mark.slow  # matplotlib
 def test_plots_reject_the_wrong_number_of_objectives(tmp_path):
     folder = RunFolder(tmp_path / "run")
     _synthetic_run(folder, steps=3)
