@@ -43,7 +43,8 @@ def read_yaml(path: str | Path) -> dict:
     if not p.exists():
         raise ConfigError(
             f"config file not found: {p} (working directory {Path.cwd()}); "
-            "pass the path of an existing YAML file, e.g. deploy/configs/local.yaml"
+            "pass the path of an existing YAML file, e.g. deploy/configs/local.yaml "
+            "(training) or deploy/serve/local.yaml (reward services)"
         )
     if not p.is_file():
         raise ConfigError(f"config path {p} is not a file; pass the path of a YAML file")
@@ -55,7 +56,7 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{p}: the top level must be a mapping of sections (model:, training:, ...), "
+            f"{p}: the top level must be a mapping of sections (model:, ingress:, ...), "
             f"got a {type(data).__name__}"
         )
     return data
