@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 APP = "bench_latency"
 
 
-def test_a_bench_reward_is_built_in_the_replica_from_its_module(ray_cluster):
+def test_a_bench_reward_is_built_in_the_replica_from_its_module(reward_app):
+    # reward_app: Serve already runs with the session's free ports; this adds a second app
     from ray import serve
 
     from bench.simulated_latency import MODULE
