@@ -16,16 +16,17 @@ SERVE_ARGS ?= --num-cpus 8
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-unit test-integration lint format train sample pretrain serve monitor bench proto clean docker
+.PHONY: help setup test test-fast test-unit test-integration lint format train sample pretrain serve monitor bench proto clean docker
 
 help:
 	@echo "make setup   create $(VENV) and install the project (no-op when nothing changed)"
-	@echo "make test    run the test suite"
+	@echo "make test    run the test suite (what CI runs)"
+	@echo "make test-fast the edit loop: every test not marked slow (under 2 min on 2 cores)"
 	@echo "make lint    run ruff"
 	@echo "make train   run the main training job (CONFIG=$(CONFIG), ARGS=key=value ...)"
 	@echo "make sample  base vs tuned images of a finished run (RUN=runs/local/<time> [PROMPTS=file])"
 	@echo "make pretrain fit the small model make train aligns (models/shapes-sd3; ARGS=key=value ...)"
-	@echo "make serve   start the reward services locally"
+	@echo "make serve   start the reward services locally (ARGS=key=value ..., e.g. ingress.http_port=8123)"
 	@echo "make monitor Prometheus (+ Grafana if installed) on a local train/serve's metrics"
 	@echo "make bench   run the benchmarks under bench/"
 	@echo "make proto   regenerate services/proto from protos/reward/v1/reward.proto"
@@ -41,6 +42,10 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The edit loop: unit tests and the fast integration tests; `make test` still runs everything.
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -67,7 +72,7 @@ pretrain: setup
 	$(PY) -m trainer.pretrain $(ARGS)
 
 serve: setup
-	$(PY) -m services.serve $(SERVE_CONFIG) $(SERVE_ARGS)
+	$(PY) -m services.serve $(SERVE_CONFIG) $(SERVE_ARGS) $(ARGS)
 
 monitor: setup
 	$(PY) deploy/monitor.py

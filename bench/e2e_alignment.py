@@ -40,7 +40,7 @@ from bench.common import free_port  # noqa: E402
 from bench.e2e_spec import SpecError, parse_balancers, parse_rewards, parse_seeds  # noqa: E402
 from trainer.config import ConfigError, TrainConfig, dump_config, load_config  # noqa: E402
 from trainer.loop.data import PromptFileError, load_prompts  # noqa: E402
-from trainer.report import to_jsonable  # noqa: E402
+from trainer.outputs.records import to_jsonable  # noqa: E402
 
 CONFIG = ROOT / "deploy" / "configs" / "local.yaml"
 BALANCERS = "static,stage1,dsan,apex,apex-no-potential,apex-no-need,apex-no-conflict"
@@ -156,7 +156,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
     from bench.e2e_summary import collect_run
     from trainer.main import train
-    from trainer.report import RunFolder
+    from trainer.outputs.run_folder import RunFolder
 
     cfg, run_dir = spec["cfg"], Path(spec["run_dir"])
     if run_dir.exists():  # this bench's own folder from an earlier call: metrics would append

@@ -4,7 +4,7 @@
 ``priorities.png``: per balancer, the priorities lambda over training steps (mean over seeds).
 ``images_static_vs_apex.png``: the last evaluation's image grid of static and of APEX for
 the same seed (same prompts, same initial noise), next to the base model's.
-Figures are ``matplotlib.figure.Figure`` objects, never ``pyplot``, as in trainer/report_plots.py.
+Figures are ``matplotlib.figure.Figure`` objects, never ``pyplot``, as in trainer/outputs/plots.py.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Ray-free: it reads finished run folders (``metrics.jsonl``, ``config.yaml``) and works on
 plain dicts, so every number and every PASS/FAIL is unit-tested. The section-6 metrics come
-from ``bench/learning.py``'s ``summarize``, i.e. from ``trainer.loop.evaluation_metrics``,
-the same code ``trainer/report.py`` uses; nothing here re-implements them.
+from ``bench/learning.py``'s ``summarize``, i.e. from ``trainer.outputs.evaluation_metrics``,
+the same code ``trainer/outputs/summary.py`` uses; nothing here re-implements them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bench.learning import summarize as section6
-from trainer.report import read_metrics, records_of_kind, vector
+from trainer.outputs.records import read_metrics, records_of_kind, vector
 
 __all__ = [
     "HIJACK_MIN",

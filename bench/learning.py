@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer.config import load_config  # noqa: E402
-from trainer.loop.evaluation_metrics import eval_summary  # noqa: E402
-from trainer.report import read_metrics, records_of_kind, vector  # noqa: E402
+from trainer.outputs.evaluation_metrics import eval_summary  # noqa: E402
+from trainer.outputs.records import read_metrics, records_of_kind, vector  # noqa: E402
 
 CONFIG = ROOT / "deploy" / "configs" / "local.yaml"
 LEGEND = """\

@@ -63,6 +63,7 @@ if str(_ROOT) not in sys.path:
 
 from bench.common import free_port, local_reward_app, make_images  # noqa: E402
 from bench.serving_report import failed_targets, format_report  # noqa: E402
+from bench.simulated_latency import MODULE as SIMULATED_LATENCY  # noqa: E402
 
 APP = "bench_rewards"
 REALISTIC_TINY = dict(
@@ -84,7 +85,12 @@ def deployments(args: argparse.Namespace) -> list[dict]:
         "max_batch_size": 32,
     }
     light = {"reward": "pickscore", "params": {"variant": "tiny"}, "num_cpus": 0.5}
-    accel = {"reward": "simulated_latency", "params": ACCELERATOR_LIKE, "num_cpus": 0.5}
+    accel = {
+        "reward": "simulated_latency",
+        "module": SIMULATED_LATENCY,  # registered outside services/rewards: replicas import it
+        "params": ACCELERATOR_LIKE,
+        "num_cpus": 0.5,
+    }
     deps = [
         {**light, "name": "light", "max_batch_size": 32},
         {**light, "name": "light_unbatched", "max_batch_size": 1},

@@ -56,7 +56,8 @@ def run(epochs: int, overrides: list[str]) -> list[dict]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from trainer.config import load_config
     from trainer.main import _shutdown, absolute_paths, train
-    from trainer.report import RunFolder, read_metrics, records_of_kind
+    from trainer.outputs.records import read_metrics, records_of_kind
+    from trainer.outputs.run_folder import RunFolder
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench_train_"))
     cfg = load_config(

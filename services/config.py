@@ -2,17 +2,22 @@
 
 One ``ServicesConfig`` describes a Serve application: one deployment per reward, each with
 its own resources, replicas or autoscaling, batching and optional ``runtime_env``; plus the
-ingress (HTTP and gRPC) and the input limits. YAML files under ``deploy/serve/`` load into it.
+ingress (HTTP and gRPC) and the input limits. YAML files under ``deploy/serve/`` load into it
+with the trainer's loader (:mod:`common.config_loader`): the same dotted ``key=value``
+overrides and the same messages. Loading also checks every deployment's ``reward`` and
+``params`` against that reward's own ``Config``, so a typo fails before Ray starts.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from common.config_loader import ConfigError, apply_overrides, format_errors, read_yaml, validate
 from services.images import ImageLimits
 
 
@@ -54,6 +59,11 @@ class RewardDeploymentConfig(_Strict):
     """One reward model served as its own deployment."""
 
     reward: str = Field(description="registered reward name, e.g. 'pickscore'")
+    module: str | None = Field(
+        None,
+        description="module that registers the reward when it lives outside services/rewards "
+        "(e.g. 'bench.simulated_latency'); the driver and every replica import it first",
+    )
     name: str | None = Field(None, description="deployment name; default: the reward name")
     params: dict[str, Any] = Field(default_factory=dict, description="the reward's own Config")
     num_replicas: int = Field(1, ge=1, description="ignored when autoscaling is set")
@@ -123,43 +133,77 @@ class ServicesConfig(_Strict):
         raise KeyError(f"reward {name!r} is not served; served rewards: {served}")
 
 
-def load_services_config(source: str | Path | dict) -> ServicesConfig:
-    """Load a ``ServicesConfig`` from a YAML path or a dict; ``ValueError`` naming the field."""
+def load_services_config(
+    source: str | Path | dict, overrides: Sequence[str] = ()
+) -> ServicesConfig:
+    """Load a ``ServicesConfig`` from a YAML path or a dict, apply dotted ``key=value``
+    overrides (``ingress.http_port=8123``), validate the tree and every reward's ``params``.
+
+    Raises :class:`common.config_loader.ConfigError` (a ``ValueError``), one line per mistake
+    naming the field, with a did-you-mean for an unknown key or reward.
+    """
     if isinstance(source, dict):
-        data = source
+        data, where = source, "(inline services config)"
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"services config not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"services config {path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"services config {path} must be a mapping at the top level")
-    try:
-        return ServicesConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
+        data, where = read_yaml(source), str(source)
+    data, origins = apply_overrides(data, overrides)
+    if overrides:
+        where += " with overrides " + " ".join(overrides)
+    config = validate(ServicesConfig, data, where, origins)
+    problems = [
+        problem
+        for i, dep in enumerate(config.deployments)
+        for problem in reward_problems(
+            dep.reward, dep.params, dep.module, ("deployments", i, "reward")
         )
-        raise ValueError(f"bad services config: {problems}") from None
+    ]
+    if problems:
+        head = f"invalid config {where}"
+        if len(problems) > 1:
+            head += f" ({len(problems)} problems)"
+        raise ConfigError(head + ":\n" + "\n".join(f"  - {p}" for p in problems), problems)
+    return config
 
 
-def reward_params_model(reward: str) -> type[BaseModel]:
+def reward_problems(
+    reward: str, params: dict[str, Any], module: str | None, name_at: Sequence[str | int]
+) -> list[str]:
+    """What a deployment would find wrong with ``reward`` and its ``params``, before anything
+    starts: one line per mistake, naming the field and the reward.
+
+    ``name_at`` is where the reward's name sits in the user's tree (``deployments.0.reward``,
+    or the trainer's ``rewards.0.name``); the params are its sibling ``params``. An unknown
+    name gets a did-you-mean; each bad params key is checked against the reward's own
+    ``Config``. Imports the reward modules (torch, no weights, no Ray).
+    """
+    from services.rewards.base import get_reward_class, reward_names
+
+    where = ".".join(str(p) for p in name_at)
+    try:
+        cls = get_reward_class(reward, module)
+    except ImportError as exc:
+        return [f"{where}: the module {module!r} of reward {reward!r} cannot be imported ({exc})"]
+    except KeyError:
+        known = reward_names()
+        close = difflib.get_close_matches(reward, known, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ";"
+        return [f"{where}: unknown reward '{reward}'{hint} known rewards: {', '.join(known)}"]
+    try:
+        cls.Config.model_validate(params)
+    except ValidationError as err:
+        prefix = (*name_at[:-1], "params")
+        lines = format_errors(err, cls.Config, {}, prefix=prefix)
+        return [f"{line} (reward '{reward}')" for line in lines]
+    return []
+
+
+def reward_params_model(reward: str, module: str | None = None) -> type[BaseModel]:
     """The pydantic model a reward's ``params`` validate against (its own ``Config``).
 
     ``KeyError`` for a name nobody registered. Imports the reward modules (torch, no weights,
-    no Ray), so that a launcher can check a config before anything starts.
+    no Ray), and ``module`` if given, so that a launcher can check a config before anything
+    starts.
     """
     from services.rewards.base import get_reward_class
 
-    return get_reward_class(reward).Config
-
-
-def known_rewards() -> list[str]:
-    """Every registered reward name, sorted (the valid values of a deployment's ``reward``)."""
-    from services.rewards.base import reward_names
-
-    return reward_names()
+    return get_reward_class(reward, module).Config

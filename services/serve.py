@@ -2,8 +2,12 @@
 
 Usage::
 
-    python -m services.serve [CONFIG.yaml] [--address auto|ADDR] [--host H]
+    python -m services.serve [CONFIG.yaml] [key=value ...] [--address auto|ADDR] [--host H]
                              [--http-port P] [--grpc-port P] [--num-cpus N]
+
+``key=value`` are dotted overrides of the config, as the trainer takes them
+(``ingress.http_port=8123``, ``deployments.0.num_replicas=2``); an unknown key exits 2 with a
+did-you-mean. ``--host``/``--http-port``/``--grpc-port`` are short for the ``ingress.*`` keys.
 
 Without ``--address`` it starts a fresh local Ray instance (never silently joins another one),
 deploys the app of ``CONFIG.yaml`` (default ``deploy/serve/local.yaml``) with
@@ -18,6 +22,7 @@ cluster.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -50,6 +55,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"services config YAML (default: {DEFAULT_CONFIG})",
     )
     parser.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        help="dotted key=value overrides, e.g. ingress.http_port=8123",
+    )
+    parser.add_argument(
         "--address",
         help="join an existing Ray cluster ('auto' or HOST:PORT); default: start a local one",
     )
@@ -67,29 +78,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=8080,
         help="Ray's Prometheus metrics export port of the local Ray (default 8080)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may come between the overrides
+    if "=" in str(args.config) and not args.config.exists():  # overrides of the default config
+        args.overrides.insert(0, str(args.config))
+        args.config = DEFAULT_CONFIG
+    return args
 
 
 def resolve_config(args: argparse.Namespace) -> ServicesConfig:
-    """Load the config and apply the ``--host``/``--http-port``/``--grpc-port`` overrides."""
+    """Load the config with its ``key=value`` overrides, then ``--host``/``--http-port``/
+    ``--grpc-port`` (short for ``ingress.host`` and so on; they win)."""
+    overrides = list(args.overrides)
+    for key, value in (
+        ("host", args.host),
+        ("http_port", args.http_port),
+        ("grpc_port", args.grpc_port),
+    ):
+        if value is not None:
+            overrides.append(f"ingress.{key}={json.dumps(value)}")  # JSON is YAML, "::" too
     try:
-        config = load_services_config(args.config)
-        overrides = {
-            key: value
-            for key, value in (
-                ("host", args.host),
-                ("http_port", args.http_port),
-                ("grpc_port", args.grpc_port),
-            )
-            if value is not None
-        }
-        if overrides:
-            data = config.model_dump(mode="json", exclude_unset=True)
-            data["ingress"] = {**data.get("ingress", {}), **overrides}
-            config = load_services_config(data)
-    except ValueError as exc:
+        return load_services_config(args.config, overrides)
+    except ValueError as exc:  # ConfigError: one line per problem, naming the field
         raise ServeError(str(exc)) from None
-    return config
 
 
 def required_resources(config: ServicesConfig) -> dict[str, float]:
@@ -211,13 +221,13 @@ def start_ray(args: argparse.Namespace, config: ServicesConfig) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Deploy, print the banner, block until interrupted, then shut down."""
+    config = resolve_config(args)  # a bad config fails before Ray is even imported
     import ray
     from ray import serve
 
     from services.serving.app import deploy
     from services.serving.auth import load_token
 
-    config = resolve_config(args)
     if not args.address:
         try:  # the local ingress reads this same file/env var: fail before starting Ray
             load_token(config.ingress.auth_token_env, config.ingress.auth_token_file)

@@ -16,15 +16,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from trainer.config_loader import (
+from common.config_loader import (
     ConfigError,
     apply_overrides,
-    batch_shape_problem,
     dump_yaml,
     read_yaml,
     run_cli,
     validate,
 )
+from trainer.batch_shape import batch_shape_problem
 from trainer.core.balance import BALANCER_NAMES, BalancerName, BalancerOptions
 
 __all__ = ["ConfigError", "TrainConfig", "balancer_kwargs", "dump_config", "load_config", "main"]

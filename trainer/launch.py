@@ -7,7 +7,6 @@ them through :class:`services.client.RewardClient` only.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import socket
@@ -17,9 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from common.config_loader import format_errors
 from common.discovery import discovery_path, read_discovery
 from trainer.config import RewardConfig, TrainConfig
-from trainer.config_loader import format_errors
 from trainer.console import library_level, quiet_libraries
 
 logger = logging.getLogger(__name__)
@@ -46,24 +45,20 @@ def services_config_dict(cfg: TrainConfig) -> dict[str, Any]:
 def reward_problems(rewards: Sequence[RewardConfig]) -> list[str]:
     """What the services would reject in ``rewards``, one line per mistake, naming the field.
 
-    Unknown names (with a did-you-mean), ``params`` against the reward's own ``Config`` and
-    ``serving`` against the deployment config: what a deploy finds only after Ray started.
+    Unknown names (with a did-you-mean), ``params`` against the reward's own ``Config`` (the
+    services' own check, :func:`services.config.reward_problems`) and ``serving`` against the
+    deployment config: what a deploy finds only after Ray started.
     """
-    from services.config import RewardDeploymentConfig, known_rewards, reward_params_model
+    from services.config import RewardDeploymentConfig
+    from services.config import reward_problems as service_problems
 
-    known, problems = known_rewards(), []
+    problems = []
     for i, reward in enumerate(rewards):
-        try:
-            params_model = reward_params_model(reward.name)
-        except KeyError:
-            close = difflib.get_close_matches(reward.name, known, n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else ";"
-            problems.append(
-                f"rewards.{i}.name: unknown reward '{reward.name}'{hint} "
-                f"known rewards: {', '.join(known)}"
-            )
+        module = reward.serving.get("module")
+        found = service_problems(reward.name, reward.params, module, ("rewards", i, "name"))
+        problems += found
+        if found:
             continue
-        problems += _model_problems(params_model, reward.params, ("rewards", i, "params"))
         taken = sorted({"reward", "params"} & set(reward.serving))
         if taken:
             problems.append(
@@ -254,7 +249,8 @@ def config_differences(
             if both_ways:
                 lines.append(f"rewards.{i}.name: {reward.name!r} is not served by the running app")
             continue
-        wanted = reward_params_model(reward.name).model_validate(reward.params).model_dump()
+        model = reward_params_model(reward.name, reward.serving.get("module"))
+        wanted = model.model_validate(reward.params).model_dump()
         served = running[reward.name]
         for key, value in sorted(wanted.items()):
             if key in served and served[key] != value:

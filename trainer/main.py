@@ -17,13 +17,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from trainer.config import ConfigError, TrainConfig, balancer_kwargs, dump_config, load_config
 from trainer.config_help import keys_help
 from trainer.console import configure_console, wants_verbose
 from trainer.loop.data import PromptFileError, load_prompts
+from trainer.outputs.run_folder import LORA_DIR, RunFolder
 from trainer.preflight import check_config
-from trainer.report import LORA_DIR, RunFolder
 from trainer.runs import RunPlan, create_run_folder, remove_if_unused
 
 DEFAULT_CONFIG = "deploy/configs/local.yaml"
@@ -94,7 +95,7 @@ def train(cfg: TrainConfig, run: RunFolder, local: bool | None = None) -> None:
     from trainer.coordinator.run_log import run_log_name, start_run_log
     from trainer.launch import check_room, deploy_rewards, init_ray
     from trainer.loop.worker import train_loop_per_worker
-    from trainer.progress import ProgressReporter
+    from trainer.outputs.progress import ProgressReporter
 
     names = [r.name for r in cfg.rewards]
     started = init_ray(cfg)
@@ -139,12 +140,25 @@ def train(cfg: TrainConfig, run: RunFolder, local: bool | None = None) -> None:
         ),
     )
     progress = ProgressReporter(
-        run_log, names, cfg.training.epochs, enabled=cfg.logging.progress_bar
+        _latest_records(run_log), names, cfg.training.epochs, cfg.logging.progress_bar
     )
     try:
         trainer.fit()
     finally:
         progress.close()
+
+
+def _latest_records(run_log: Any) -> Callable[[], dict | None]:
+    """What the progress bar polls: the run log's newest train and eval records."""
+    import ray
+
+    def fetch() -> dict | None:
+        try:
+            return ray.get(run_log.latest_records.remote(), timeout=5)
+        except Exception:  # the run log may be restarting; try again next tick
+            return None
+
+    return fetch
 
 
 def fit(config: str | Path = DEFAULT_CONFIG, *overrides: str) -> RunFolder:

@@ -26,7 +26,8 @@ from PIL import Image
 from trainer.config import TrainConfig, load_config
 from trainer.loop.data import load_prompts
 from trainer.model.pipeline import LORA_WEIGHT_NAME, load_pipeline
-from trainer.report import LORA_DIR, save_image_grid
+from trainer.outputs.images import save_image_grid
+from trainer.outputs.run_folder import LORA_DIR
 
 
 class SampleError(RuntimeError):

@@ -61,7 +61,7 @@ VISUAL_TOKENS = 64  # mPLUG-Owl2's visual abstractor output length
 
 def _write_clip(directory: Path, model: torch.nn.Module, tokenizer, image_size: int) -> None:
     """A local checkpoint that ``load_pretrained_clip`` reads like a Hub snapshot."""
-    from services.rewards._torch import CLIP_MEAN, CLIP_STD
+    from services.rewards._torch.preprocess import CLIP_MEAN, CLIP_STD
 
     model.save_pretrained(directory)
     if tokenizer is not None:
@@ -80,7 +80,7 @@ def _write_clip(directory: Path, model: torch.nn.Module, tokenizer, image_size: 
 
 def _clip_model(settings: Settings, name: str, tokenizer, seed: int):
     """A random-weight CLIPModel: tiny (``TinyClipSpec`` defaults) or the committed size."""
-    from services.rewards._torch import TinyClipSpec, build_tiny_clip
+    from services.rewards._torch.clip import TinyClipSpec, build_tiny_clip
 
     if settings.tiny:
         parts = build_tiny_clip(TinyClipSpec(), seed)
@@ -140,7 +140,7 @@ def reward_params(settings: Settings, workdir: Path) -> dict[str, dict[str, Any]
     """Each reward's params (its pydantic ``Config``), writing the CLIP checkpoints first."""
     from safetensors.torch import save_file
 
-    from services.rewards._torch import make_char_tokenizer
+    from common.tokenizers import clip_tokenizer
     from services.rewards.aesthetic import AestheticMLP
 
     common = {
@@ -149,7 +149,7 @@ def reward_params(settings: Settings, workdir: Path) -> dict[str, dict[str, Any]
         "batch_size": max(settings.reward_batches),
     }
     out: dict[str, dict[str, Any]] = {}
-    tokenizer = make_char_tokenizer(77)
+    tokenizer = clip_tokenizer(77)
     pick_dir, aes_dir = workdir / "pickscore", workdir / "aesthetic"
     model, size = _clip_model(settings, "clip_vit_h14", tokenizer, settings.seed)
     _write_clip(pick_dir, model, tokenizer, size)

@@ -144,9 +144,10 @@ def build_pipeline(settings: Settings):
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
+    from common.tokenizers import clip_tokenizer, t5_tokenizer
     from trainer.config import LoraConfig, TinyModelConfig
     from trainer.model.pipeline import add_lora, lora_parameters
-    from trainer.model.tiny import build_tiny_pipeline, make_clip_tokenizer, make_t5_tokenizer
+    from trainer.model.tiny import build_tiny_pipeline
 
     device, dtype = torch.device(settings.device), DTYPES[settings.dtype]
     torch.manual_seed(settings.seed)
@@ -154,7 +155,7 @@ def build_pipeline(settings: Settings):
         pipe = build_tiny_pipeline(TinyModelConfig(seed=settings.seed))
     else:
         caps = _layer_caps(settings)
-        clip_tok, t5_tok = make_clip_tokenizer(), make_t5_tokenizer()
+        clip_tok, t5_tok = clip_tokenizer(), t5_tokenizer()
         ids = {
             "bos_token_id": clip_tok.bos_token_id,
             "eos_token_id": clip_tok.eos_token_id,
@@ -172,7 +173,7 @@ def build_pipeline(settings: Settings):
             text_encoder=part("clip_l_text", dtype, ids),
             tokenizer=clip_tok,
             text_encoder_2=part("clip_g_text", dtype, ids),
-            tokenizer_2=make_clip_tokenizer(),
+            tokenizer_2=clip_tokenizer(),
             text_encoder_3=part("t5_xxl_encoder", dtype),
             tokenizer_3=t5_tok,
         )

@@ -12,16 +12,15 @@ from collections.abc import Sequence
 import torch
 from pydantic import Field
 
-from services.rewards._torch import (
+from services.rewards._torch.clip import (
     ClipParts,
     TinyClipSpec,
-    TorchReward,
     build_tiny_clip,
     image_embeds,
-    load_pretrained_clip,
-    model_ref,
     text_embeds,
 )
+from services.rewards._torch.pretrained import load_pretrained_clip, model_ref
+from services.rewards._torch.reward import TorchReward
 from services.rewards.base import Image, RewardConfig
 
 

@@ -17,15 +17,9 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from services.rewards._torch import (
-    ClipParts,
-    TinyClipSpec,
-    TorchReward,
-    build_tiny_clip,
-    image_embeds,
-    load_pretrained_clip,
-    model_ref,
-)
+from services.rewards._torch.clip import ClipParts, TinyClipSpec, build_tiny_clip, image_embeds
+from services.rewards._torch.pretrained import load_pretrained_clip, model_ref
+from services.rewards._torch.reward import TorchReward
 from services.rewards.base import Image, RewardConfig, register
 
 logger = logging.getLogger(__name__)

@@ -138,20 +138,35 @@ def reward_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_reward_class(name: str) -> type[RewardModel]:
-    """The class registered as ``name``; ``KeyError`` naming the known rewards otherwise."""
+def import_reward_module(module: str | None) -> None:
+    """Import ``module`` so that the rewards it defines register themselves.
+
+    For rewards that live outside this package (the benchmarks' ``simulated_latency`` in
+    ``bench/simulated_latency.py``): a deployment names the module in its config, and every
+    process that looks the reward up (the driver, each replica) imports it first. ``None`` is
+    a no-op; a module that cannot be imported raises ``ImportError``.
+    """
+    if module:
+        importlib.import_module(module)
+
+
+def get_reward_class(name: str, module: str | None = None) -> type[RewardModel]:
+    """The class registered as ``name`` (after importing ``module``, if given); ``KeyError``
+    naming the known rewards otherwise."""
     _import_all()
+    import_reward_module(module)
     if name not in _REGISTRY:
         raise KeyError(f"unknown reward {name!r}; known rewards: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
-def build_reward(name: str, params: dict | None = None) -> RewardModel:
+def build_reward(name: str, params: dict | None = None, module: str | None = None) -> RewardModel:
     """Validate ``params`` against the reward's ``Config`` and build it (not yet loaded).
 
-    A bad parameter raises ``ValueError`` naming ``rewards.<name>.<field>``.
+    A bad parameter raises ``ValueError`` naming ``rewards.<name>.<field>``; ``module`` is
+    imported first (see :func:`import_reward_module`).
     """
-    cls = get_reward_class(name)
+    cls = get_reward_class(name, module)
     try:
         config = cls.Config(**(params or {}))
     except ValidationError as exc:

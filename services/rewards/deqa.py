@@ -27,15 +27,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
-from services.rewards._torch import (
-    ClipPreprocess,
-    TinyVisionSpec,
-    TorchReward,
-    as_rgb_uint8,
+from services.rewards._torch.clip import TinyVisionSpec
+from services.rewards._torch.preprocess import ClipPreprocess, as_rgb_uint8
+from services.rewards._torch.pretrained import (
     dtype_kwargs,
     is_local_path,
+    load_clip_preprocess,
     model_ref,
 )
+from services.rewards._torch.reward import TorchReward
 from services.rewards.base import Image, RewardConfig, register
 
 logger = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ class Deqa(TorchReward):
         self.backbone = RemoteMllm(model)
         # mPLUG-Owl2's processor: CLIP mean/std at 448 px; read the repo's own config if any.
         default = ClipPreprocess(size=448, crop=(448, 448))
-        self.preprocess = ClipPreprocess.from_pretrained(proc, proc_rev, default)
+        self.preprocess = load_clip_preprocess(proc, proc_rev, default)
         return tokenizer
 
     def _score_batch(self, images: Sequence[Image], prompts: Sequence[str | None]) -> torch.Tensor:

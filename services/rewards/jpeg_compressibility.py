@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from PIL import Image as PILImage
 from pydantic import Field
 
-from services.rewards._torch import as_rgb_uint8
+from services.rewards._torch.preprocess import as_rgb_uint8
 from services.rewards.base import Image, ModelInfo, RewardConfig, RewardModel, register
 
 

@@ -72,7 +72,7 @@ from PIL import Image as PILImage
 from pydantic import Field
 
 from common.vocabulary import COLOURS
-from services.rewards._torch import as_rgb_uint8
+from services.rewards._torch.preprocess import as_rgb_uint8
 from services.rewards.base import Image, ModelInfo, RewardConfig, RewardModel, register
 
 # fill ratio of each shape's bounding box: the prototypes of the shape-type score

@@ -58,7 +58,7 @@ def build_app(config: ServicesConfig) -> serve.Application:
             **deployment_options(dep), logging_config=logging_options(config)
         )
         handles[dep.deployment_name] = deployment.bind(dep.model_dump(mode="json"), limits)
-        needs_prompt[dep.deployment_name] = get_reward_class(dep.reward).needs_prompt
+        needs_prompt[dep.deployment_name] = get_reward_class(dep.reward, dep.module).needs_prompt
     ingress = serve.deployment(serve.ingress()(RewardIngress)).options(
         name=INGRESS_NAME,
         ray_actor_options={"num_cpus": config.ingress.num_cpus},

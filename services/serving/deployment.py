@@ -42,7 +42,9 @@ class RewardDeployment:
     ):
         self.config = RewardDeploymentConfig.model_validate(config)
         self.limits = ImageLimits.model_validate(limits or {})
-        self.model = model or build_reward(self.config.reward, self.config.params)
+        self.model = model or build_reward(
+            self.config.reward, self.config.params, self.config.module
+        )
         if not self.model.loaded:
             self.model.load()
         self.metrics = RewardMetrics(self.config.reward)

@@ -14,9 +14,9 @@ import pytest
 
 from bench.e2e_alignment import main
 from tests.integration.training_runs import REWARDS
-from trainer.report import read_metrics, records_of_kind
+from trainer.outputs.records import read_metrics, records_of_kind
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TINY = [
     "balancer.options.warmup_steps=1",

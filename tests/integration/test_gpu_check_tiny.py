@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _numbers(node, path=""):

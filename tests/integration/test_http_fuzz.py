@@ -33,7 +33,7 @@ from schemathesis.config import SchemathesisConfig
 from services.images import encode_base64_png
 from tests.integration import hostile_inputs as hostile
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REQUEST_TIMEOUT_S = 30
 MAX_EXAMPLES = 50

@@ -14,7 +14,7 @@ import pytest
 from bench.load import Payloads, run_phase, serve_processes
 from bench.load_report import summarize
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])

@@ -27,7 +27,7 @@ from tests import dashboards as dash
 from tests.integration.conftest import REWARD_DEPLOYMENTS, free_port
 from tests.integration.training_runs import REWARDS, fit
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIGS = sorted((ROOT / "deploy" / "prometheus").glob("*.yml"))

@@ -235,6 +235,7 @@ def _replica_actor_names(deployment: str) -> list[str]:
     return [a["name"] for a in actors if "REPLICA" in a["name"] and f"#{deployment}#" in a["name"]]
 
 
+@pytest.mark.slow
 def test_killed_replica_is_replaced_and_the_client_retry_succeeds(reward_app):
     import ray
 

@@ -19,7 +19,7 @@ from trainer.coordinator.trackers import read_tensorboard_scalars
 from trainer.loop.checkpoint import latest_checkpoint
 from trainer.runs import plan_run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _final_lora(run_dir: Path) -> dict:

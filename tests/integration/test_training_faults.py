@@ -26,9 +26,9 @@ from safetensors.torch import load_file
 from tests.integration.fault_rewards import deploy_fault_app
 from tests.integration.training_runs import fit
 from trainer.loop.checkpoint import latest_checkpoint
-from trainer.report import read_metrics, records_of_kind
+from trainer.outputs.records import read_metrics, records_of_kind
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 APP = "faults"
 OBJECTIVES = ["jpeg_compressibility", "colorfulness"]

@@ -22,7 +22,7 @@ import pytest
 from bench.common import free_port
 from tests.integration.training_runs import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MAX_CONSOLE_LINES = 30
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from trainer.config import load_config
 from trainer.main import absolute_paths, train
-from trainer.report import RunFolder, read_metrics, records_of_kind
+from trainer.outputs.records import read_metrics, records_of_kind
+from trainer.outputs.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 # Closed-form rewards: a score does not depend on which other images share its batch, so

@@ -63,6 +63,7 @@ def test_overrides_merge_into_nested_configs():
         load("sd4")
 
 
+@pytest.mark.slow
 def test_sd35_step_flops_at_512px_match_docs_performance():
     """The FLOP budget of docs/performance.md: one CFG step (2 rows) of the full transformer
     at 512 px with 77 + 128 prompt tokens, counted on the meta device."""

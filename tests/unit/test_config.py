@@ -11,6 +11,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from trainer.batch_shape import batch_shape_problem
 from trainer.config import (
     ConfigError,
     TrainConfig,
@@ -18,7 +19,6 @@ from trainer.config import (
     dump_config,
     load_config,
 )
-from trainer.config_loader import batch_shape_problem
 from trainer.core.balance import BALANCER_NAMES, make_balancer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -305,6 +305,7 @@ def test_per_step_images_must_divide_by_the_training_micro_batch():
     load_config(LOCAL, ["sampling.micro_batch_size=16", "training.micro_batch_size=8"])
 
 
+@pytest.mark.slow
 def test_batch_shape_problem_accepts_exactly_the_valid_shapes():
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -363,12 +364,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_prints_the_resolved_config():
     out = run_cli("deploy/configs/local.yaml", "training.epochs=2")
     assert out.returncode == 0, out.stderr
     assert yaml.safe_load(out.stdout)["training"]["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_cli_exits_2_with_the_message_on_stderr():
     out = run_cli("deploy/configs/local.yaml", "training.lrr=1")
     assert out.returncode == 2 and out.stdout == ""

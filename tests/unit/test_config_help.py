@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from trainer.config import TrainConfig
 from trainer.config_help import config_keys
 
@@ -25,6 +27,7 @@ def test_every_field_of_the_default_config_is_listed():
     assert {"rewards.N.name", "rewards.N.weight", "training.kl_beta"} <= listed
 
 
+@pytest.mark.slow
 def test_help_prints_the_keys_with_defaults_and_meanings():
     done = subprocess.run(
         [sys.executable, "-m", "trainer.main", "--help"],

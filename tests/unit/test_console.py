@@ -10,7 +10,7 @@ from common.discovery import discovery_path, read_discovery, remove_discovery, w
 from trainer.config import RewardConfig
 from trainer.console import wants_verbose
 from trainer.launch import config_differences, free_or_other
-from trainer.progress import ProgressReporter, describe
+from trainer.outputs.progress import ProgressReporter, describe
 
 NAMES = ["ocr", "jpeg_compressibility"]
 
@@ -35,7 +35,7 @@ def test_train_and_eval_numbers_are_labelled_apart():
 
 
 def test_the_bar_follows_the_train_epoch_and_never_passes_the_total():
-    bar = ProgressReporter(run_log=None, objectives=NAMES, epochs=5, enabled=False)
+    bar = ProgressReporter(fetch=lambda: None, objectives=NAMES, epochs=5, enabled=False)
     from tqdm import tqdm
 
     bar.bar = tqdm(total=5, disable=True)

@@ -390,6 +390,7 @@ def test_trainer_is_the_default_target():
     assert read_stages(DOCKERFILE.read_text())[-1].name == "trainer"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 def test_default_command_prints_usage_here(stages, target):
     """The image's default command, run with this venv: a help text, exit code 0."""

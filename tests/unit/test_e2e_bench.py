@@ -28,7 +28,7 @@ from bench.e2e_summary import (
     widest_reward,
 )
 from trainer.config import dump_config, load_config
-from trainer.report import save_image_grid
+from trainer.outputs.images import save_image_grid
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = [r.model_dump() for r in load_config(ROOT / "deploy/configs/local.yaml").rewards]
@@ -105,6 +105,7 @@ def test_plan_covers_every_balancer_and_seed_and_never_deploys_per_run(tmp_path)
     assert len(full["runs"]) == 7 * 3 and full["runs"][0]["cfg"].training.epochs == 24
 
 
+@pytest.mark.slow
 def test_bad_arguments_exit_2_before_ray_is_imported():
     code = (
         "import sys; from bench.e2e_alignment import main\n"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trainer.core.metrics import effect_size_gains, hypervolume, seesaw_index, worst_gain
-from trainer.loop.evaluation_metrics import eval_summary
+from trainer.outputs.evaluation_metrics import eval_summary
 
 BASE_MEAN = [0.2, 5.0, 0.5]
 BASE_STD = [0.1, 1.0, 0.25]

@@ -17,6 +17,7 @@ SOURCES = sorted(
 )
 
 
+@pytest.mark.slow
 def test_core_imports_without_ray_http_or_diffusers():
     code = (
         "import sys, trainer.core.balance, trainer.core.sde, trainer.core.losses;"
@@ -79,3 +80,12 @@ def test_rewards_and_trainer_stay_apart():
         assert used <= allowed, f"{path.relative_to(ROOT)} imports {used - allowed}"
         if used & {"services.config", "services.serving.app"}:
             assert path.name == "launch.py", f"only trainer/launch.py deploys: {path.name}"
+
+
+def test_run_outputs_do_not_import_the_loop_or_ray():
+    """trainer.outputs takes records; the loop, the coordinator and main use it, so it must
+    not import them back (no cycle) nor pull in Ray."""
+    for path in (ROOT / "trainer" / "outputs").rglob("*.py"):
+        used = {m for m in _imports(path) if m.startswith(("trainer.", "ray", "services"))}
+        bad = {m for m in used if not m.startswith(("trainer.core", "trainer.outputs"))}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

@@ -21,7 +21,7 @@ from services.rewards.ocr import (
     ocr_reward,
     target_problem,
 )
-from services.rewards.ocr_engines import (
+from services.rewards.ocr.engines import (
     ONNX_MODELS,
     OnnxOcrEngine,
     PaddleOcrEngine,
@@ -295,6 +295,7 @@ def ocr() -> OcrReward:
     return reward
 
 
+@pytest.mark.slow
 def test_real_ocr_reads_rendered_words(ocr):
     images = [render(w) for w in WORDS]
     start = time.perf_counter()

@@ -96,6 +96,7 @@ def test_every_grammar_word_is_one_token(make):
     assert set(WORDS) | set(SHAPES) | set(COLOURS) <= set(GRAMMAR_WORDS)
 
 
+@pytest.mark.slow
 def test_short_pretraining_lowers_both_losses_and_loads_like_sd3(tmp_path):
     out = tmp_path / "model"
     cfg = load_pretrain_config(None, [*SMALL, "vae.steps=60", "flow.steps=80", f"output_dir={out}"])
@@ -111,6 +112,7 @@ def test_short_pretraining_lowers_both_losses_and_loads_like_sd3(tmp_path):
     assert pipe.tokenizer.model_max_length == cfg.max_sequence_length
 
 
+@pytest.mark.slow
 def test_pretraining_is_deterministic(tmp_path):
     weights = []
     for name in ("a", "b"):

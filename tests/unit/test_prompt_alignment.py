@@ -82,6 +82,7 @@ def test_unparseable_prompt_is_not_scored(reward, text):
     assert reward.score([scenes.render(_scene())], [text]) == [None]
 
 
+@pytest.mark.slow
 def test_every_combination_scores_high():
     low = []
     for colour, background, shape in itertools.product(

@@ -229,6 +229,7 @@ def test_response_round_trips():
         assert from_proto(_wire(to_proto(model))) == model
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(
     scores=st.lists(st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False))),

@@ -6,16 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.report import (
-    MetricsLog,
-    RunFolder,
-    plot_run,
-    read_metrics,
-    records_of_kind,
-    save_image_grid,
-    summary_table,
-    to_jsonable,
-)
+from trainer.outputs.images import save_image_grid
+from trainer.outputs.plots import plot_run
+from trainer.outputs.records import MetricsLog, read_metrics, records_of_kind, to_jsonable
+from trainer.outputs.run_folder import RunFolder
+from trainer.outputs.summary import summary_table
 
 NAMES = ["pickscore", "deqa", "aesthetic", "ocr"]
 P3 = ("learning_potential", "progress_need", "conflict_penalty")
@@ -156,10 +151,11 @@ def test_records_of_kind_sorts_and_keeps_the_last_of_a_repeated_step():
     assert [(r["step"], r["loss"]) for r in train] == [(1, 0.0), (2, 5.0)]
 
 
+@pytest.mark.slow  # matplotlib
 def test_plots_of_a_synthetic_run_are_valid_pngs(tmp_path):
     folder = RunFolder(tmp_path / "run")
     _synthetic_run(folder)
-    paths = plot_run(folder.path, NAMES)
+    paths = plot_run(read_metrics(folder.path), NAMES, folder.plots_dir)
     names = {p.name for p in paths}
     assert names == {
         "rewards.png",
@@ -176,6 +172,7 @@ def test_plots_of_a_synthetic_run_are_valid_pngs(tmp_path):
         _assert_png(path)
 
 
+@pytest.mark.slow  # matplotlib
 def test_plots_skip_missing_keys(tmp_path):
     # a static balancer has no P3 terms; a run without evaluation has no eval plot
     folder = RunFolder(tmp_path / "run")
@@ -194,18 +191,20 @@ def test_plots_skip_missing_keys(tmp_path):
         _assert_png(path)
 
 
+@pytest.mark.slow  # matplotlib
 def test_plots_without_p3_but_with_eval(tmp_path):
     folder = RunFolder(tmp_path / "run")
     _synthetic_run(folder, p3=False)
-    names = {p.name for p in plot_run(folder.path, NAMES)}
+    names = {p.name for p in plot_run(read_metrics(folder.path), NAMES, folder.plots_dir)}
     assert "priorities.png" not in names and {"eval.png", "eval_gains.png"} <= names
 
 
+@pytest.mark.slow  # matplotlib
 def test_plots_reject_the_wrong_number_of_objectives(tmp_path):
     folder = RunFolder(tmp_path / "run")
     _synthetic_run(folder, steps=3)
     with pytest.raises(ValueError, match="4 values but there are 3 objectives"):
-        plot_run(folder.path, NAMES[:3])
+        plot_run(read_metrics(folder.path), NAMES[:3], folder.plots_dir)
 
 
 def test_image_grid_size_and_captions(tmp_path):

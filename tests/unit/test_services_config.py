@@ -60,7 +60,7 @@ def test_yaml_path_and_str_path_load_the_same_config(tmp_path):
 @pytest.mark.parametrize(
     ("data", "words"),
     [
-        ({**MINIMAL, "bogus": 1}, ["bogus", "Extra inputs"]),
+        ({**MINIMAL, "bogus": 1}, ["unknown key 'bogus'", "valid keys at the top level"]),
         (_with({"num_gpu": 1}), ["deployments.0.num_gpu"]),
         (_with(ingress={"http_prot": 80}), ["ingress.http_prot"]),
         (_with(limits={"max_image": 3}), ["limits.max_image"]),
@@ -78,7 +78,7 @@ def test_yaml_path_and_str_path_load_the_same_config(tmp_path):
     ],
 )
 def test_bad_fields_are_named(data, words):
-    with pytest.raises(ValueError, match="bad services config") as info:
+    with pytest.raises(ValueError, match="invalid config") as info:
         load_services_config(data)
     for word in words:
         assert word in str(info.value)
@@ -112,12 +112,29 @@ def test_autoscaling_min_above_max_is_rejected_naming_both():
     assert AutoscalingConfig(min_replicas=3, max_replicas=3).max_replicas == 3
 
 
+def test_a_bad_reward_param_is_found_when_the_config_loads():
+    data = _with({"params": {"variant": "tiny", "sead": 3}})
+    with pytest.raises(ValueError) as info:
+        load_services_config(data)
+    (problem,) = info.value.problems
+    assert problem.startswith("unknown key 'deployments.0.params.sead'; did you mean")
+    assert problem.endswith(f"(reward '{data['deployments'][0]['reward']}')")
+
+
+def test_overrides_use_the_trainers_syntax_and_messages():
+    config = load_services_config(MINIMAL, ["ingress.http_port=8123", "deployments.0.num_cpus=2"])
+    assert config.ingress.http_port == 8123 and config.deployments[0].num_cpus == 2
+    with pytest.raises(ValueError, match="did you mean 'ingress.http_port'") as info:
+        load_services_config(MINIMAL, ["ingress.http_prot=1"])
+    assert "(set by override 'ingress.http_prot=1')" in str(info.value)
+
+
 def test_missing_file_names_the_path(tmp_path):
     missing = tmp_path / "nope.yaml"
     with pytest.raises(ValueError, match="not found") as info:
         load_services_config(missing)
     assert str(missing) in str(info.value)
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(ValueError, match="is not a file"):
         load_services_config(tmp_path)  # a directory is not a config file
 
 

@@ -54,6 +54,7 @@ def _numbers(node):
         yield node
 
 
+@pytest.mark.slow
 def test_every_balancer_runs_every_seed(result):
     seeds = result["settings"]["seeds"]
     assert set(result["table"]) == set(BALANCER_NAMES)

@@ -12,6 +12,8 @@ from trainer.loop.update import LoraEma, policy_update
 from trainer.model.pipeline import add_lora, load_pipeline, lora_parameters
 from trainer.model.rollout import encode_prompts, sample
 
+pytestmark = pytest.mark.slow  # builds and updates a tiny SD3 (a few seconds)
+
 TINY = ModelConfig(kind="tiny", dtype="float32", tiny=TinyModelConfig(seed=0))
 
 

@@ -1,6 +1,6 @@
-"""The training loop's pieces around the pure core: prompt sets, workers, evaluation glue.
+"""The training loop's pieces around the pure core: prompt sets, workers, evaluation.
 
 - :mod:`trainer.loop.data`: prompt files and the per-epoch prompt sampler.
-- :mod:`trainer.loop.evaluation_metrics`: effect-size gains, hypervolume and seesaw of
-  an evaluation history (method.md section 6).
+- :mod:`trainer.loop.worker`: the Ray Train worker loop; what it writes goes through
+  :mod:`trainer.outputs`.
 """

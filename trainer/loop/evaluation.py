@@ -3,7 +3,7 @@
 The same prompts and the same initial noise every time, so the per-objective means move
 only because the policy moved. The gains against the first evaluation (the base model),
 the hypervolume, the worst objective and the seesaw index come from
-:func:`trainer.loop.evaluation_metrics.eval_summary`.
+:func:`trainer.outputs.evaluation_metrics.eval_summary`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ from trainer.coordinator.run_log import run_log_name
 from trainer.loop import checkpoint as ckpt_io
 from trainer.loop.data import PromptSampler, load_prompts
 from trainer.loop.evaluation import evaluate
-from trainer.loop.evaluation_metrics import eval_summary
 from trainer.loop.rollout_phase import sample_and_score
 from trainer.loop.update import LoraEma, policy_update
 from trainer.model.pipeline import (
@@ -37,7 +36,9 @@ from trainer.model.pipeline import (
 )
 from trainer.model.pipeline import lora_state_dict as lora_weights
 from trainer.model.rollout import train_step_indices
-from trainer.report import LORA_DIR, save_image_grid
+from trainer.outputs.evaluation_metrics import eval_summary
+from trainer.outputs.images import save_image_grid
+from trainer.outputs.run_folder import LORA_DIR
 
 logger = logging.getLogger(__name__)
 

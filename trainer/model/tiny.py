@@ -4,15 +4,15 @@ It uses the real diffusers/transformers classes (``SD3Transformer2DModel``, ``Au
 two ``CLIPTextModelWithProjection``, ``T5EncoderModel``, ``FlowMatchEulerDiscreteScheduler`` with
 shift 3.0), so every code path that runs on SD3.5 Medium runs here too; only the sizes differ
 (:class:`trainer.config.TinyModelConfig`). Nothing is downloaded: the tokenizers are built from
-in-memory vocabularies (a byte-level CLIP BPE without merges, i.e. one token per byte, and a small
-T5 Unigram). The weights are random but a function of ``tiny.seed`` alone, so every worker
-builds the same model, and the global RNG is left untouched.
+in-memory vocabularies (:mod:`common.tokenizers`: a byte-level CLIP BPE without merges, i.e.
+one token per byte, and a small T5 Unigram). The weights are random but a function of
+``tiny.seed`` alone, so every worker builds the same model, and the global RNG is left
+untouched.
 """
 
 from __future__ import annotations
 
 import math
-import string
 from functools import reduce
 
 import torch
@@ -31,40 +31,16 @@ from transformers import (
     T5Tokenizer,
 )
 
-from common.vocabulary import byte_level_clip_vocab
+from common.tokenizers import CLIP_MAX_LENGTH, clip_tokenizer, t5_tokenizer
 from trainer.config import TinyModelConfig
 
-__all__ = [
-    "assemble_pipeline",
-    "build_tiny_pipeline",
-    "make_clip_tokenizer",
-    "make_t5_tokenizer",
-]
+__all__ = ["assemble_pipeline", "build_tiny_pipeline"]
 
-CLIP_MAX_LENGTH = 77  # SD3 pads every CLIP prompt to 77 tokens
 # SD3's VAE latent normalisation; kept for the tiny VAE so decoding follows the same formula
 SD3_VAE_SHIFT_FACTOR = 0.0609
 SD3_VAE_SCALING_FACTOR = 1.5305
 # latent patches per side the positional table covers: 64 x (VAE downsampling x patch) pixels
 TINY_POS_EMBED_MAX_SIZE = 64
-_T5_WORDS = ("a", "an", "the", "of", "on", "in", "with", "photo", "cat", "dog", "sign", "text")
-
-
-def make_clip_tokenizer(max_length: int = CLIP_MAX_LENGTH) -> CLIPTokenizer:
-    """A valid CLIP tokenizer without a download: byte-level BPE, no merges (a token per byte).
-
-    The vocabulary is :func:`common.vocabulary.byte_level_clip_vocab`.
-    """
-    return CLIPTokenizer(vocab=byte_level_clip_vocab(), merges=[], model_max_length=max_length)
-
-
-def make_t5_tokenizer(max_length: int = 512) -> T5Tokenizer:
-    """A small in-memory T5 Unigram tokenizer (pad 0, eos 1, unk 2, as T5's own)."""
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    for c in string.ascii_letters + string.digits + string.punctuation:
-        pieces += [(c, -5.0), ("\u2581" + c, -4.0)]
-    pieces += [("\u2581" + w, -1.0) for w in _T5_WORDS if "\u2581" + w not in dict(pieces)]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
 
 
 def _check_vocab(cfg: TinyModelConfig, *tokenizers) -> None:
@@ -162,7 +138,7 @@ def build_tiny_pipeline(cfg: TinyModelConfig | None = None) -> StableDiffusion3P
     is harmless for a random tiny model.
     """
     cfg = cfg or TinyModelConfig()
-    return assemble_pipeline(cfg, make_clip_tokenizer(), make_clip_tokenizer(), make_t5_tokenizer())
+    return assemble_pipeline(cfg, clip_tokenizer(), clip_tokenizer(), t5_tokenizer())
 
 
 def assemble_pipeline(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pydantic import Field
 
+from common.config_loader import apply_overrides, dump_yaml, read_yaml, validate
 from trainer.config import Section, TinyModelConfig
-from trainer.config_loader import apply_overrides, dump_yaml, read_yaml, validate
 
 __all__ = ["DEFAULT_MODEL_SIZES", "PretrainConfig", "load_pretrain_config"]
 

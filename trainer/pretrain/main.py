@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trainer.config_loader import ConfigError
+from common.config_loader import ConfigError
 from trainer.pretrain.build import build_untrained_pipeline
 from trainer.pretrain.config import PretrainConfig, dump_pretrain_config, load_pretrain_config
 from trainer.pretrain.fit_flow import fit_flow

@@ -1,5 +1,7 @@
 """OCR engines behind one small interface, so the ``ocr`` reward does not care which one runs.
 
+Private to the ``ocr`` reward (its package), so the reward registry never takes it for a reward.
+
 Two engines read text lines out of an image:
 
 - :class:`OnnxOcrEngine` (default): rapidocr 3.x on onnxruntime. The PP-OCRv6 det/rec ONNX models

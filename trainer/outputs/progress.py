@@ -1,8 +1,9 @@
 """The one progress bar of a training run, on the driver, fed by the run log.
 
 The driver is blocked in ``TorchTrainer.fit()`` while the workers train; the run log
-(:mod:`trainer.coordinator.run_log`) holds every record the workers send. A thread asks
-it for the newest ``train`` and ``eval`` records once a second;
+(:mod:`trainer.coordinator.run_log`) holds every record the workers send. A thread calls
+``fetch`` (given by the driver, which asks the run log) for the newest ``train`` and
+``eval`` records once a second;
 :meth:`ProgressReporter.close` asks once more after ``fit()`` has returned, so the bar
 always ends on the last epoch (N/N), also after a resume. Training and
 evaluation numbers are labelled apart: ``ocr 0.61`` is the last epoch's batch mean,
@@ -12,6 +13,7 @@ evaluation numbers are labelled apart: ``ocr 0.61`` is the last epoch's batch me
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 SHORT = {"prompt_alignment": "align", "colorfulness": "colour", "jpeg_compressibility": "jpeg"}
@@ -24,7 +26,7 @@ def short_name(name: str) -> str:
 
 def describe(records: dict[str, dict[str, Any]], objectives: list[str]) -> str:
     """``train: ocr 0.61 align 0.64 | λ .50 .20 .15 .15 | eval@42: ocr 0.70 ...`` from the
-    run log's newest ``train`` and ``eval`` records (either may be missing)."""
+    coordinator's newest ``train`` and ``eval`` records (either may be missing)."""
     parts = []
     train, evaluation = records.get("train") or {}, records.get("eval") or {}
     if train.get("reward_mean"):
@@ -46,10 +48,20 @@ def _values(values: list[float | None], objectives: list[str]) -> str:
 
 
 class ProgressReporter:
-    """tqdm bar over epochs; ``close()`` takes the final records and stops the thread."""
+    """tqdm bar over epochs; ``close()`` takes the final records and stops the thread.
 
-    def __init__(self, run_log: Any, objectives: list[str], epochs: int, enabled: bool):
-        self.run_log = run_log
+    ``fetch()`` returns ``{"train": record, "eval": record}`` (either may be missing), or None
+    when there is nothing to show yet; it is never called when the bar is disabled.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], dict[str, dict[str, Any]] | None],
+        objectives: list[str],
+        epochs: int,
+        enabled: bool,
+    ):
+        self.fetch = fetch
         self.objectives = objectives
         self.epochs = epochs
         self.enabled = enabled
@@ -63,17 +75,9 @@ class ProgressReporter:
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
-    def _fetch(self) -> dict[str, dict[str, Any]] | None:
-        import ray
-
-        try:
-            return ray.get(self.run_log.latest_records.remote(), timeout=5)
-        except Exception:  # the run log may be restarting; try again next tick
-            return None
-
     def _poll(self) -> None:
         while not self._stop.wait(1.0):
-            records = self._fetch()
+            records = self.fetch()
             if records:
                 self.update(records)
 
@@ -91,7 +95,7 @@ class ProgressReporter:
         if self._thread is None:
             return
         self._thread.join(timeout=5)
-        records = self._fetch()
+        records = self.fetch()
         if records:
             self.update(records)
         self.bar.close()

@@ -17,6 +17,8 @@ has no straight double quotes). An image on which the engine reads nothing is a 
 ``variant`` (tiny/pretrained), ``dtype``, ``batch_size`` and ``seed`` do not apply: the real
 PP-OCR ONNX models ship inside the rapidocr wheel, so every variant runs the real engine, and
 images are read one at a time.
+
+The engines (:mod:`services.rewards.ocr.engines`) are this reward's own; the package holds both.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pydantic import Field
 from rapidfuzz.distance import Levenshtein
 
 from services.rewards.base import Image, ModelInfo, RewardConfig, RewardModel, register
-from services.rewards.ocr_engines import (
+from services.rewards.ocr.engines import (
     DetLimitType,
     OcrEngine,
     OnnxOcrEngine,

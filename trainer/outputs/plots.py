@@ -1,4 +1,4 @@
-"""PNG plots of a run folder's ``metrics.jsonl``, drawn with matplotlib's Agg canvas.
+"""PNG plots of a run's ``metrics.jsonl`` records, drawn with matplotlib's Agg canvas.
 
 Figures are built as ``matplotlib.figure.Figure`` objects, never through ``pyplot``, so
 plotting changes no global backend state and works in a headless Ray worker. A panel whose
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from trainer.loop.evaluation_metrics import eval_summary
-from trainer.report import read_metrics, records_of_kind, vector
+from trainer.outputs.evaluation_metrics import eval_summary
+from trainer.outputs.records import records_of_kind, vector
 
 __all__ = ["plot_run"]
 
@@ -24,8 +24,10 @@ P3_TERMS = ("learning_potential", "progress_need", "conflict_penalty")
 TRAINING_SCALARS = ("loss", "kl", "clip_fraction", "grad_norm")
 
 
-def plot_run(run_dir: str | Path, objective_names: Sequence[str]) -> list[Path]:
-    """Write the plots of ``run_dir/metrics.jsonl`` into ``run_dir/plots``; return their paths.
+def plot_run(
+    records: Sequence[dict[str, Any]], objective_names: Sequence[str], out_dir: str | Path
+) -> list[Path]:
+    """Write the plots of a run's ``records`` into ``out_dir``; return their paths.
 
     ``rewards.png``: train reward mean per objective with a +-std band; ``weights.png``: the
     lambda of every objective; ``steering.png``: each objective's correlation with the
@@ -35,13 +37,11 @@ def plot_run(run_dir: str | Path, objective_names: Sequence[str]) -> list[Path]:
     eval reward mean per objective; ``eval_gains.png``: effect-size gains, hypervolume and
     worst gain over the evals. Each is written only when its keys exist.
     """
-    run_dir = Path(run_dir)
     names = list(objective_names)
     if not names:
         raise ValueError("objective_names must name at least one objective")
-    records = read_metrics(run_dir)
     train, evals = records_of_kind(records, "train"), records_of_kind(records, "eval")
-    out_dir = run_dir / "plots"
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {
         "rewards.png": _per_objective(train, names, "reward_mean", "reward_std", "train reward"),

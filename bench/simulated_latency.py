@@ -9,6 +9,12 @@ batch costs a near-fixed launch-dominated time while the host idles. Uses:
   measure dynamic batching without a GPU (a CPU model's time also competes with Ray for the
   same cores, which caps the gain on a 2-core machine; both are reported);
 - tests of the client's timeout path (a reward slower than its timeout).
+
+It is not in the production registry (``services/rewards/``): importing this module registers
+it. A deployment that serves it names this module (``module: bench.simulated_latency``, i.e.
+:data:`MODULE`), so the driver and every Serve replica import it before building the reward;
+``build_reward("simulated_latency", params, module=MODULE)`` does the same in-process. The
+module path resolves from the repository root (run the benchmarks from there, as documented).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import numpy as np
 from pydantic import Field
 
 from services.rewards.base import Image, ModelInfo, RewardConfig, RewardModel, register
+
+MODULE = "bench.simulated_latency"  # what a deployment config names to serve this reward
 
 
 class SimulatedLatencyConfig(RewardConfig):
