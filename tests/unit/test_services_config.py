@@ -43,7 +43,8 @@ def test_minimal_dict_gets_the_documented_defaults():
     assert dep.deployment_name == "jpeg_compressibility"
     assert (dep.num_replicas, dep.autoscaling, dep.runtime_env) == (1, None, None)
     assert config.ingress.host == "127.0.0.1"  # loopback unless told otherwise
-    assert config.ingress.grpc_port == 9000
+    assert config.ingress.grpc_port == 0  # off: Serve's gRPC proxy binds every interface
+    assert config.ingress.allow_unauthenticated is False
     assert config.limits.max_images == 256
 
 
