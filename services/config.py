@@ -71,6 +71,14 @@ class RewardDeploymentConfig(_Strict):
     )
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
+    max_surge_percent: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="extra replicas during a rolling upgrade, in % of num_replicas: with 100 "
+        "the old replicas serve until the new ones are ready (needs room for them); 0 = "
+        "Serve's stop-first roll (requests wait for the new replica: docs/failure-behaviour.md)",
+    )
 
     @property
     def deployment_name(self) -> str:

@@ -41,6 +41,7 @@ def deployment_options(dep: RewardDeploymentConfig) -> dict[str, Any]:
         "max_ongoing_requests": dep.max_ongoing_requests,
         "health_check_period_s": dep.health_check_period_s,
         "health_check_timeout_s": dep.health_check_timeout_s,
+        "max_surge_percent": dep.max_surge_percent,
     }
     if dep.autoscaling is not None:
         options["autoscaling_config"] = dep.autoscaling.model_dump(exclude_none=True)
@@ -64,6 +65,9 @@ def build_app(config: ServicesConfig) -> serve.Application:
         name=INGRESS_NAME,
         ray_actor_options={"num_cpus": config.ingress.num_cpus},
         max_ongoing_requests=1024,
+        # every serve.run rolls every deployment (Serve versions them itself): a small ingress
+        # replica starts before the old one stops, so the HTTP/gRPC path never has a gap
+        max_surge_percent=100,
         logging_config=logging_options(config),
     )
     return ingress.bind(handles, needs_prompt, config.ingress.model_dump(mode="json"), limits)

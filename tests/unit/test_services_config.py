@@ -196,6 +196,7 @@ def test_deployment_options_map_resources_and_health_checks():
         "max_ongoing_requests": 64,
         "health_check_period_s": 2.0,
         "health_check_timeout_s": 7.0,
+        "max_surge_percent": 0,  # Serve's stop-first roll unless the config asks for surge
         "num_replicas": 3,
     }
     assert isinstance(options["ray_actor_options"]["memory"], int)
