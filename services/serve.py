@@ -159,8 +159,8 @@ def banner(config: ServicesConfig, seconds: float) -> str:
     bind = config.ingress.host
     note = "  (listening on all interfaces)" if bind in _ALL_INTERFACES else ""
     grpc = where["grpc"] or "off"
-    if where["grpc"]:
-        grpc += f"  (metadata: application={config.app_name})"
+    if where["grpc"]:  # Serve's gRPC proxy takes no host
+        grpc += f"  (metadata: application={config.app_name}; listening on all interfaces)"
     lines = [
         f"Reward services up in {seconds:.1f} s (Serve app {config.app_name!r})",
         f"  HTTP     {where['http']}{note}",
@@ -237,7 +237,10 @@ def run(args: argparse.Namespace) -> int:
             raise ServeError(problem)
         if problem:  # an autoscaling cluster may still add the nodes
             print(f"warning: {problem}", file=sys.stderr)
-        deploy(config)
+        try:
+            deploy(config)
+        except ValueError as exc:  # e.g. an open port without a token (serving/exposure.py)
+            raise ServeError(str(exc)) from None
         where = urls(config)
         write_discovery(  # how `make train ARGS=reward_service.deploy=false` finds this app
             config.app_name,

@@ -35,7 +35,7 @@ APP = "upgrade"
 REWARD = "jpeg_compressibility"
 OLD, NEW = {"scale_kb": 1.0}, {"scale_kb": 2.0}
 CLIENTS = 4
-BASELINE_S, AFTER_S = 3.0, 3.0
+BASELINE_S, AFTER_S = 3.0, 4.0
 ROUTING_GRACE_S = 2.0  # routers learn of the stopped replicas by long poll
 
 
