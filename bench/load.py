@@ -330,6 +330,7 @@ def services_config(
                 "host": "127.0.0.1",
                 "http_port": http_port,
                 "grpc_port": grpc_port,
+                "allow_unauthenticated": True,  # a throw-away local benchmark cluster
                 "num_cpus": 0.25,
                 "request_timeout_s": timeout_s,
             },

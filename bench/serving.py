@@ -310,7 +310,12 @@ def run(args: argparse.Namespace) -> dict:
         {
             "app_name": APP,
             "deployments": deployments(args),
-            "ingress": {"http_port": http_port, "grpc_port": grpc_port, "num_cpus": 0.25},
+            "ingress": {
+                "http_port": http_port,
+                "grpc_port": grpc_port,
+                "allow_unauthenticated": True,  # a throw-away local benchmark cluster
+                "num_cpus": 0.25,
+            },
         }
     )
     started = time.perf_counter()

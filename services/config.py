@@ -81,6 +81,14 @@ class RewardDeploymentConfig(_Strict):
     )
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
+    max_surge_percent: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="extra replicas during a rolling upgrade, in % of num_replicas: with 100 "
+        "the old replicas serve until the new ones are ready (needs room for them); 0 = "
+        "Serve's stop-first roll (requests wait for the new replica: docs/failure-behaviour.md)",
+    )
 
     @property
     def deployment_name(self) -> str:
@@ -88,12 +96,29 @@ class RewardDeploymentConfig(_Strict):
         return self.name or self.reward
 
 
+class TlsConfig(_Strict):
+    """HTTPS for Serve's HTTP proxy: PEM files that exist on every node running a proxy.
+
+    Serve passes no ``ssl_cert_reqs`` to uvicorn, so it cannot require client certificates:
+    mutual TLS, and TLS for gRPC, belong to a terminating proxy in front (docs/deployment.md).
+    """
+
+    certfile: str = Field(description="server certificate chain (PEM)")
+    keyfile: str = Field(description="its private key (PEM)")
+
+
 class IngressConfig(_Strict):
     """The external entry points: FastAPI over HTTP and the gRPC proxy."""
 
     host: str = Field("127.0.0.1", description="loopback unless told otherwise")
     http_port: int = Field(8000, ge=1, le=65535)
-    grpc_port: int = Field(9000, ge=0, le=65535, description="0 disables gRPC")
+    grpc_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="0 = off (default). Serve's gRPC proxy listens on every interface and takes "
+        "no host, so gRPC needs a bearer token (services/serving/exposure.py)",
+    )
     route_prefix: str = "/"
     request_timeout_s: float = Field(120.0, gt=0, description="per reward call, in the ingress")
     auth_token_env: str = Field(
@@ -101,6 +126,14 @@ class IngressConfig(_Strict):
     )
     auth_token_file: str | None = Field(
         None, description="file holding the bearer token (read at start; wins over the env var)"
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="start without a token although a port listens beyond loopback (gRPC, or "
+        "a host other than 127.0.0.1): only on a closed network or in a test",
+    )
+    tls: TlsConfig | None = Field(
+        None, description="HTTPS on Serve's HTTP proxy (gRPC: a terminating proxy in front)"
     )
     max_body_bytes: int = Field(64 * 2**20, ge=1024, description="largest HTTP request body")
     num_cpus: float = Field(0.25, ge=0)

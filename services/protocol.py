@@ -51,6 +51,10 @@ _MODEL_DOC = (
     "What scored, in one line: a checkpoint or engine, a closed-form rule, or a test model; "
     "a test model's description starts with 'random-weight' (its scores mean nothing)."
 )
+_VERSION_DOC = (
+    "The version that scored every image of this answer: a fingerprint of the reward's name "
+    "and whole config (12 hex digits); it changes with any parameter."
+)
 _RAW_DOC = "Uncompressed images (no encode or decode cost); send these or `images`, not both."
 _NO_SIZE_LIMIT = ImageLimits(max_bytes=2**62)  # raw data: bounded by pixels, in from_raw
 # the proto's uint32 (meaning is checked per image); strict: JSON false or "3" is no integer
@@ -157,6 +161,7 @@ class ScoreResponse(_Response):
     reward: str
     results: list[ItemResult]
     model: str | None = Field(None, description=_MODEL_DOC)
+    version: str | None = Field(None, description=_VERSION_DOC)
 
     def scores(self) -> list[float | None]:
         """The scores alone, ``None`` where an image was not scored."""
@@ -170,6 +175,7 @@ class RewardResult(_Response):
     results: list[ItemResult] = Field(default_factory=list, description="empty if error is set")
     error: str | None = Field(None, description="set when this reward failed as a whole")
     model: str | None = Field(None, description=_MODEL_DOC + " None if error is set.")
+    version: str | None = Field(None, description=_VERSION_DOC + " None if error is set.")
 
 
 class ScoreManyResponse(_Response):
@@ -204,6 +210,7 @@ class RewardInfo(_Response):
     needs_prompt: bool
     description: str = ""
     model: str | None = Field(None, description=_MODEL_DOC)
+    version: str | None = Field(None, description=_VERSION_DOC)
     config: dict[str, Any] = Field(default_factory=dict, description="the reward's Config")
     ready: bool
 

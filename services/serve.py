@@ -14,16 +14,17 @@ deploys the app of ``CONFIG.yaml`` (default ``deploy/serve/local.yaml``) with
 :func:`services.serving.app.deploy`, prints where to reach it, and blocks until Ctrl-C or
 SIGTERM; then it shuts Serve and Ray down. With ``--address`` it deploys onto that cluster and,
 on exit, deletes only its own application. A bad config, or one asking for more CPUs/GPUs than
-the local machine has (Serve would otherwise wait forever), exits 2 with the message.
-Ray 2.60 turns token auth on by default; set ``RAY_AUTH_MODE=disabled`` for a throw-away local
-cluster.
+the local machine has (Serve would otherwise wait forever), exits 2 with the message, and so
+does an ingress that would listen beyond loopback without a token (gRPC always does: it is off
+unless asked for; :mod:`services.serving.exposure`). The local Ray keeps Ray 2.60's token
+auth (its ports listen on the machine's interface, not loopback); ``RAY_AUTH_MODE=disabled``
+turns it off for a throw-away cluster on a trusted machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import time
@@ -137,7 +138,8 @@ def urls(config: ServicesConfig) -> dict[str, str | None]:
     host = "127.0.0.1" if ingress.host in _ALL_INTERFACES else ingress.host
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
-    base = f"http://{host}:{ingress.http_port}{ingress.route_prefix.rstrip('/')}"
+    scheme = "https" if ingress.tls else "http"
+    base = f"{scheme}://{host}:{ingress.http_port}{ingress.route_prefix.rstrip('/')}"
     grpc = f"{host}:{ingress.grpc_port}" if ingress.grpc_port else None
     return {"http": base, "docs": f"{base}/docs", "grpc": grpc}
 
@@ -148,7 +150,8 @@ def auth_state(config: ServicesConfig, http_base: str) -> str:
 
     env = config.ingress.auth_token_file or f"${config.ingress.auth_token_env}"
     try:
-        status = httpx.get(f"{http_base}/v1/rewards", timeout=10.0).status_code
+        # no secret is sent, and a self-signed or other-host certificate must not hide the answer
+        status = httpx.get(f"{http_base}/v1/rewards", timeout=10.0, verify=False).status_code
     except httpx.HTTPError as exc:
         return f"unknown (probe failed: {exc})"
     if status == 401:
@@ -166,8 +169,8 @@ def banner(config: ServicesConfig, seconds: float) -> str:
     bind = config.ingress.host
     note = "  (listening on all interfaces)" if bind in _ALL_INTERFACES else ""
     grpc = where["grpc"] or "off"
-    if where["grpc"]:
-        grpc += f"  (metadata: application={config.app_name})"
+    if where["grpc"]:  # Serve's gRPC proxy takes no host
+        grpc += f"  (metadata: application={config.app_name}; listening on all interfaces)"
     lines = [
         f"Reward services up in {seconds:.1f} s (Serve app {config.app_name!r})",
         f"  HTTP     {where['http']}{note}",
@@ -208,7 +211,6 @@ def start_ray(args: argparse.Namespace, config: ServicesConfig) -> None:
         except ConnectionError as exc:
             raise ServeError(f"--address {args.address}: {exc}") from None
     else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throw-away loopback cluster
         limit_grpc_messages(config)
         ray.init(
             address="local",
@@ -227,10 +229,12 @@ def run(args: argparse.Namespace) -> int:
 
     from services.serving.app import deploy
     from services.serving.auth import load_token
+    from services.serving.exposure import check_exposure
 
     if not args.address:
         try:  # the local ingress reads this same file/env var: fail before starting Ray
             load_token(config.ingress.auth_token_env, config.ingress.auth_token_file)
+            check_exposure(config.ingress)
         except ValueError as exc:
             raise ServeError(str(exc)) from None
     _catch_stop_signals()
@@ -243,7 +247,10 @@ def run(args: argparse.Namespace) -> int:
             raise ServeError(problem)
         if problem:  # an autoscaling cluster may still add the nodes
             print(f"warning: {problem}", file=sys.stderr)
-        deploy(config)
+        try:
+            deploy(config)
+        except ValueError as exc:  # e.g. an open port without a token (serving/exposure.py)
+            raise ServeError(str(exc)) from None
         where = urls(config)
         write_discovery(  # how `make train ARGS=reward_service.deploy=false` finds this app
             config.app_name,

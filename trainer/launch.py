@@ -125,7 +125,8 @@ def init_ray(cfg: TrainConfig) -> bool:
             "rewards (reward_service.deploy=false trains against the running ones)",
             service.app_name,
         )
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only cluster
+    # Ray's token auth stays on (Ray 2.60's default for a new local cluster): Ray binds its
+    # ports to the machine's interface, not loopback (docs/serving.md, "Who can reach").
     kwargs: dict[str, Any] = {
         "num_cpus": cfg.scaling.num_cpus,
         "include_dashboard": False,

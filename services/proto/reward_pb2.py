@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bservices/proto/reward.proto\x12\treward.v1\"9\n\nItemResult\x12\x12\n\x05score\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05\x65rror\x18\x02 \x01(\tB\x08\n\x06_score\"d\n\x0cRewardResult\x12\x0e\n\x06reward\x18\x01 \x01(\t\x12&\n\x07results\x18\x02 \x03(\x0b\x32\x15.reward.v1.ItemResult\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"I\n\x08RawImage\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"h\n\x0cScoreRequest\x12\x0e\n\x06reward\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\x12\x0f\n\x07prompts\x18\x03 \x03(\t\x12\'\n\nraw_images\x18\x04 \x03(\x0b\x32\x13.reward.v1.RawImage\"V\n\rScoreResponse\x12\x0e\n\x06reward\x18\x01 \x01(\t\x12&\n\x07results\x18\x02 \x03(\x0b\x32\x15.reward.v1.ItemResult\x12\r\n\x05model\x18\x03 \x01(\t\"m\n\x10ScoreManyRequest\x12\x0f\n\x07rewards\x18\x01 \x03(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\x12\x0f\n\x07prompts\x18\x03 \x03(\t\x12\'\n\nraw_images\x18\x04 \x03(\x0b\x32\x13.reward.v1.RawImage\"=\n\x11ScoreManyResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.reward.v1.RewardResult\"\x0f\n\rHealthRequest\"<\n\x0cRewardHealth\x12\x0e\n\x06reward\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"I\n\x0eHealthResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12(\n\x07rewards\x18\x02 \x03(\x0b\x32\x17.reward.v1.RewardHealth2\xd2\x01\n\rRewardService\x12:\n\x05Score\x12\x17.reward.v1.ScoreRequest\x1a\x18.reward.v1.ScoreResponse\x12\x46\n\tScoreMany\x12\x1b.reward.v1.ScoreManyRequest\x1a\x1c.reward.v1.ScoreManyResponse\x12=\n\x06Health\x12\x18.reward.v1.HealthRequest\x1a\x19.reward.v1.HealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bservices/proto/reward.proto\x12\treward.v1\"9\n\nItemResult\x12\x12\n\x05score\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05\x65rror\x18\x02 \x01(\tB\x08\n\x06_score\"u\n\x0cRewardResult\x12\x0e\n\x06reward\x18\x01 \x01(\t\x12&\n\x07results\x18\x02 \x03(\x0b\x32\x15.reward.v1.ItemResult\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\"I\n\x08RawImage\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"h\n\x0cScoreRequest\x12\x0e\n\x06reward\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\x12\x0f\n\x07prompts\x18\x03 \x03(\t\x12\'\n\nraw_images\x18\x04 \x03(\x0b\x32\x13.reward.v1.RawImage\"g\n\rScoreResponse\x12\x0e\n\x06reward\x18\x01 \x01(\t\x12&\n\x07results\x18\x02 \x03(\x0b\x32\x15.reward.v1.ItemResult\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\"m\n\x10ScoreManyRequest\x12\x0f\n\x07rewards\x18\x01 \x03(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\x12\x0f\n\x07prompts\x18\x03 \x03(\t\x12\'\n\nraw_images\x18\x04 \x03(\x0b\x32\x13.reward.v1.RawImage\"=\n\x11ScoreManyResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.reward.v1.RewardResult\"\x0f\n\rHealthRequest\"<\n\x0cRewardHealth\x12\x0e\n\x06reward\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"I\n\x0eHealthResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12(\n\x07rewards\x18\x02 \x03(\x0b\x32\x17.reward.v1.RewardHealth2\xd2\x01\n\rRewardService\x12:\n\x05Score\x12\x17.reward.v1.ScoreRequest\x1a\x18.reward.v1.ScoreResponse\x12\x46\n\tScoreMany\x12\x1b.reward.v1.ScoreManyRequest\x1a\x1c.reward.v1.ScoreManyResponse\x12=\n\x06Health\x12\x18.reward.v1.HealthRequest\x1a\x19.reward.v1.HealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEMRESULT']._serialized_start=42
   _globals['_ITEMRESULT']._serialized_end=99
   _globals['_REWARDRESULT']._serialized_start=101
-  _globals['_REWARDRESULT']._serialized_end=201
-  _globals['_RAWIMAGE']._serialized_start=203
-  _globals['_RAWIMAGE']._serialized_end=276
-  _globals['_SCOREREQUEST']._serialized_start=278
-  _globals['_SCOREREQUEST']._serialized_end=382
-  _globals['_SCORERESPONSE']._serialized_start=384
-  _globals['_SCORERESPONSE']._serialized_end=470
-  _globals['_SCOREMANYREQUEST']._serialized_start=472
-  _globals['_SCOREMANYREQUEST']._serialized_end=581
-  _globals['_SCOREMANYRESPONSE']._serialized_start=583
-  _globals['_SCOREMANYRESPONSE']._serialized_end=644
-  _globals['_HEALTHREQUEST']._serialized_start=646
-  _globals['_HEALTHREQUEST']._serialized_end=661
-  _globals['_REWARDHEALTH']._serialized_start=663
-  _globals['_REWARDHEALTH']._serialized_end=723
-  _globals['_HEALTHRESPONSE']._serialized_start=725
-  _globals['_HEALTHRESPONSE']._serialized_end=798
-  _globals['_REWARDSERVICE']._serialized_start=801
-  _globals['_REWARDSERVICE']._serialized_end=1011
+  _globals['_REWARDRESULT']._serialized_end=218
+  _globals['_RAWIMAGE']._serialized_start=220
+  _globals['_RAWIMAGE']._serialized_end=293
+  _globals['_SCOREREQUEST']._serialized_start=295
+  _globals['_SCOREREQUEST']._serialized_end=399
+  _globals['_SCORERESPONSE']._serialized_start=401
+  _globals['_SCORERESPONSE']._serialized_end=504
+  _globals['_SCOREMANYREQUEST']._serialized_start=506
+  _globals['_SCOREMANYREQUEST']._serialized_end=615
+  _globals['_SCOREMANYRESPONSE']._serialized_start=617
+  _globals['_SCOREMANYRESPONSE']._serialized_end=678
+  _globals['_HEALTHREQUEST']._serialized_start=680
+  _globals['_HEALTHREQUEST']._serialized_end=695
+  _globals['_REWARDHEALTH']._serialized_start=697
+  _globals['_REWARDHEALTH']._serialized_end=757
+  _globals['_HEALTHRESPONSE']._serialized_start=759
+  _globals['_HEALTHRESPONSE']._serialized_end=832
+  _globals['_REWARDSERVICE']._serialized_start=835
+  _globals['_REWARDSERVICE']._serialized_end=1045
 # @@protoc_insertion_point(module_scope)

@@ -17,16 +17,18 @@ class ItemResult(_message.Message):
     def __init__(self, score: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class RewardResult(_message.Message):
-    __slots__ = ("reward", "results", "error", "model")
+    __slots__ = ("reward", "results", "error", "model", "version")
     REWARD_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     reward: str
     results: _containers.RepeatedCompositeFieldContainer[ItemResult]
     error: str
     model: str
-    def __init__(self, reward: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., error: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    version: str
+    def __init__(self, reward: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., error: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class RawImage(_message.Message):
     __slots__ = ("height", "width", "channels", "data")
@@ -53,14 +55,16 @@ class ScoreRequest(_message.Message):
     def __init__(self, reward: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., prompts: _Optional[_Iterable[str]] = ..., raw_images: _Optional[_Iterable[_Union[RawImage, _Mapping]]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("reward", "results", "model")
+    __slots__ = ("reward", "results", "model", "version")
     REWARD_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     reward: str
     results: _containers.RepeatedCompositeFieldContainer[ItemResult]
     model: str
-    def __init__(self, reward: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
+    version: str
+    def __init__(self, reward: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ScoreManyRequest(_message.Message):
     __slots__ = ("rewards", "images", "prompts", "raw_images")

@@ -16,6 +16,7 @@ from ray import serve
 from services.config import RewardDeploymentConfig, ServicesConfig, load_services_config
 from services.rewards.base import get_reward_class
 from services.serving.deployment import RewardDeployment
+from services.serving.exposure import check_exposure
 from services.serving.ingress import RewardIngress
 
 GRPC_SERVICER = "services.proto.reward_pb2_grpc.add_RewardServiceServicer_to_server"
@@ -40,6 +41,7 @@ def deployment_options(dep: RewardDeploymentConfig) -> dict[str, Any]:
         "max_ongoing_requests": dep.max_ongoing_requests,
         "health_check_period_s": dep.health_check_period_s,
         "health_check_timeout_s": dep.health_check_timeout_s,
+        "max_surge_percent": dep.max_surge_percent,
     }
     if dep.autoscaling is not None:
         options["autoscaling_config"] = dep.autoscaling.model_dump(exclude_none=True)
@@ -63,6 +65,9 @@ def build_app(config: ServicesConfig) -> serve.Application:
         name=INGRESS_NAME,
         ray_actor_options={"num_cpus": config.ingress.num_cpus},
         max_ongoing_requests=1024,
+        # every serve.run rolls every deployment (Serve versions them itself): a small ingress
+        # replica starts before the old one stops, so the HTTP/gRPC path never has a gap
+        max_surge_percent=100,
         logging_config=logging_options(config),
     )
     return ingress.bind(handles, needs_prompt, config.ingress.model_dump(mode="json"), limits)
@@ -76,7 +81,9 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
             source = Path(source)
     else:
         source = dict(args)
-    return build_app(load_services_config(source))
+    config = load_services_config(source)
+    check_exposure(config.ingress)  # in Serve's build task: the cluster's token env/file
+    return build_app(config)
 
 
 GRPC_LIMIT_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
@@ -93,16 +100,28 @@ def limit_grpc_messages(config: ServicesConfig) -> None:
     os.environ.setdefault(GRPC_LIMIT_ENV, str(config.ingress.max_body_bytes))
 
 
-def start_serve(config: ServicesConfig) -> None:
-    """Start Serve's HTTP (and gRPC, unless its port is 0) proxies as the config says."""
+def http_options(config: ServicesConfig) -> dict[str, Any]:
+    """Serve's ``http_options``: bind address, port and, with ``ingress.tls``, HTTPS."""
     ingress = config.ingress
+    options: dict[str, Any] = {"host": ingress.host, "port": ingress.http_port}
+    if ingress.tls is not None:
+        options["ssl_certfile"] = ingress.tls.certfile
+        options["ssl_keyfile"] = ingress.tls.keyfile
+    return options
+
+
+def start_serve(config: ServicesConfig) -> None:
+    """Start Serve's HTTP (and gRPC, unless its port is 0) proxies as the config says.
+
+    ``ValueError`` first when a port would listen beyond loopback without a token
+    (:mod:`services.serving.exposure`).
+    """
+    ingress = config.ingress
+    check_exposure(ingress)
     grpc_options = None
     if ingress.grpc_port:
         grpc_options = {"port": ingress.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]}
-    serve.start(
-        http_options={"host": ingress.host, "port": ingress.http_port},
-        grpc_options=grpc_options,
-    )
+    serve.start(http_options=http_options(config), grpc_options=grpc_options)
 
 
 def deploy(config: ServicesConfig, *, blocking: bool = False) -> Any:

@@ -5,12 +5,16 @@ without Ray. Every entry point (handles from the trainer, the HTTP and gRPC ingr
 ``score``, which validates and decodes each image on its own (one bad image is an error for
 that image only), then queues the good ones for ``@serve.batch`` dynamic batching. Its answer
 has the shape of a ``ScoreResponse``: the reward, the model that scored (``model_info``) and
-one result per image, with the reward's own reason where it could not score one.
+one result per image, with the reward's own reason where it could not score one, and the
+``version`` (:func:`config_fingerprint`) that tells an old replica from a new one during a
+rolling upgrade.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import math
 import time
@@ -28,6 +32,16 @@ from services.metrics import RewardMetrics
 from services.rewards.base import UNSCORED, RewardModel, build_reward
 
 logger = logging.getLogger(__name__)
+
+
+def config_fingerprint(reward: str, config: dict[str, Any]) -> str:
+    """12 hex digits naming a reward and its whole resolved config (defaults included).
+
+    Equal configs give equal versions on every replica and every node; any changed
+    parameter gives another, so each answer names the configuration that scored it.
+    """
+    canonical = json.dumps({"reward": reward, "config": config}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 class RewardDeployment:
@@ -49,6 +63,9 @@ class RewardDeployment:
             self.model.load()
         self.metrics = RewardMetrics(self.config.reward)
         self.model_description = self.model.model_info().description
+        self.version = config_fingerprint(
+            self.config.reward, self.model.config.model_dump(mode="json")
+        )
         self._pending = 0
         self._batches = 0
         self._images_batched = 0
@@ -99,7 +116,12 @@ class RewardDeployment:
                 results[i]["score"] = float(outcome)
         self.metrics.observe_request(time.perf_counter() - start)
         reward = self.config.deployment_name
-        return {"reward": reward, "model": self.model_description, "results": results}
+        return {
+            "reward": reward,
+            "model": self.model_description,
+            "version": self.version,
+            "results": results,
+        }
 
     def _unscored_reason(self, prompt: str | None) -> str:
         """The reward's reason for a ``None``; a failing explanation must not fail the request."""
@@ -164,6 +186,7 @@ class RewardDeployment:
             "needs_prompt": self.model.needs_prompt,
             "description": self.model.description,
             "model": self.model_description,
+            "version": self.version,
             "config": self.model.config.model_dump(mode="json"),
             "ready": self.model.loaded,
         }

@@ -94,7 +94,9 @@ class RewardRouter:
             raise ScoringFailed(
                 f"reward {name!r} returned {len(reply.results)} results for {len(images)} images"
             )
-        return ScoreResponse(reward=name, results=reply.results, model=reply.model)
+        return ScoreResponse(
+            reward=name, results=reply.results, model=reply.model, version=reply.version
+        )
 
     async def score(
         self, name: str, images: Sequence[Any], prompts: Sequence[str] | None = None
@@ -120,7 +122,12 @@ class RewardRouter:
                 err = from_ray_error(outcome)
                 entries.append(RewardResult(reward=name, error=f"{err.code}: {err.message}"))
             else:
-                entry = RewardResult(reward=name, results=outcome.results, model=outcome.model)
+                entry = RewardResult(
+                    reward=name,
+                    results=outcome.results,
+                    model=outcome.model,
+                    version=outcome.version,
+                )
                 entries.append(entry)
         return ScoreManyResponse(results=entries)
 
@@ -145,6 +152,7 @@ class RewardRouter:
                     needs_prompt=self.needs_prompt.get(name, False),
                     description=info.get("description", ""),
                     model=info.get("model"),
+                    version=info.get("version"),
                     config=info.get("config", {}),
                     ready=bool(info.get("ready", False)),
                 )

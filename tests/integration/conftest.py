@@ -89,6 +89,9 @@ def reward_app(ray_cluster) -> ServedApp:
             "ingress": {
                 "http_port": http_port,
                 "grpc_port": grpc_port,
+                # gRPC listens on every interface (Serve takes no host); the tests call it
+                # without a token, on a throw-away cluster
+                "allow_unauthenticated": True,
                 "num_cpus": 0.1,
                 "max_body_bytes": MAX_BODY_BYTES,
                 "request_timeout_s": 60,

@@ -22,7 +22,7 @@ import pytest
 from bench.common import free_port
 from tests.integration.training_runs import ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 MAX_CONSOLE_LINES = 30
 
 
@@ -47,7 +47,7 @@ def served(tmp_path_factory):
     env = {**os.environ, "APEX_STATE_DIR": str(state), "RAY_AUTH_MODE": "disabled"}
     http = free_port()
     args = [sys.executable, "-m", "services.serve", "deploy/serve/local.yaml", "--num-cpus", "8"]
-    args += ["--http-port", str(http), "--grpc-port", str(free_port())]
+    args += ["--http-port", str(http)]  # gRPC stays off, as in make serve
     args += ["--metrics-port", str(free_port())]
     proc = subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -100,13 +100,8 @@ def test_train_sample_and_evaluate_against_running_services(served, tmp_path):
     images = sorted((tmp_path / "samples" / "tuned").glob("*.png"))
     assert len(images) == 2
 
-    evaluate = [
-        sys.executable,
-        "-m",
-        "services.eval",
-        "--rewards",
-        "colorfulness,jpeg_compressibility",
-    ]
+    evaluate = [sys.executable, "-m", "services.eval"]
+    evaluate += ["--rewards", "colorfulness,jpeg_compressibility"]
     evaluate += ["--images", str(tmp_path / "samples" / "tuned"), "--url", served["url"]]
     evaluate += ["--out", str(tmp_path / "eval.csv")]
     done = subprocess.run(

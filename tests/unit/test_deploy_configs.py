@@ -67,6 +67,12 @@ INSTANCES = {
 pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`")
 
 
+@pytest.fixture(autouse=True)
+def _reward_token(monkeypatch):
+    """The cluster configs open ports beyond loopback: building them needs the bearer token."""
+    monkeypatch.setenv("APEX_REWARD_TOKEN", "test-token")
+
+
 def _load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
@@ -133,13 +139,15 @@ def check_serve_deploy_config(doc: dict) -> list:
     extra = unknown_keys(ServeDeploySchema, doc)
     if extra:
         raise ValueError(f"keys Serve would ignore: {', '.join(extra)}")
-    if schema.grpc_options.grpc_servicer_functions != [GRPC_SERVICER]:
-        raise ValueError(f"grpc_servicer_functions must be [{GRPC_SERVICER}]")
     module, _, func = GRPC_SERVICER.rpartition(".")
     assert callable(getattr(importlib.import_module(module), func))
     built = []
     for raw, app in zip(doc["applications"], schema.applications, strict=True):
         config = load_services_config(app.args)  # ValueError naming the field
+        # gRPC on: Serve's proxy must serve our RewardService; off: it must start no server
+        servicers = [GRPC_SERVICER] if config.ingress.grpc_port else []
+        if schema.grpc_options.grpc_servicer_functions != servicers:
+            raise ValueError(f"grpc_servicer_functions must be {servicers}")
         for dep in config.deployments:
             build_reward(dep.reward, dep.params)  # the reward's own Config; loads nothing
         _check_serve_settings_match(schema, app, config)
@@ -160,8 +168,12 @@ def _check_serve_settings_match(schema, app, config) -> None:
         "route_prefix / args.ingress.route_prefix": (app.route_prefix, ingress.route_prefix),
         "http_options.port / args.ingress.http_port": (schema.http_options.port, ingress.http_port),
         "http_options.host / args.ingress.host": (schema.http_options.host, ingress.host),
-        "grpc_options.port / args.ingress.grpc_port": (schema.grpc_options.port, ingress.grpc_port),
     }
+    if ingress.grpc_port:  # grpc_options.port means nothing without servicers
+        pairs["grpc_options.port / args.ingress.grpc_port"] = (
+            schema.grpc_options.port,
+            ingress.grpc_port,
+        )
     for what, (serve_value, ours) in pairs.items():
         if serve_value != ours:
             raise ValueError(f"{what} differ: {serve_value!r} != {ours!r}")
@@ -429,6 +441,13 @@ def test_a_broken_serve_deploy_config_is_rejected(change, words):
     change(doc)
     with pytest.raises(ValueError, match=re.escape(words)):
         check_serve_deploy_config(doc)
+
+
+def test_a_cluster_config_without_a_token_is_refused_at_build(monkeypatch):
+    """rewards-gpu.yaml listens on 0.0.0.0 and gRPC: without a token the app does not build."""
+    monkeypatch.delenv("APEX_REWARD_TOKEN")
+    with pytest.raises(ValueError, match=r"gRPC on \[::\]:9000.*APEX_REWARD_TOKEN"):
+        check_serve_deploy_config(_gpu_doc())
 
 
 def test_gpu_serve_config_serves_the_paper_rewards_unchanged():

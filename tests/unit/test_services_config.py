@@ -43,7 +43,8 @@ def test_minimal_dict_gets_the_documented_defaults():
     assert dep.deployment_name == "jpeg_compressibility"
     assert (dep.num_replicas, dep.autoscaling, dep.runtime_env) == (1, None, None)
     assert config.ingress.host == "127.0.0.1"  # loopback unless told otherwise
-    assert config.ingress.grpc_port == 9000
+    assert config.ingress.grpc_port == 0  # off: Serve's gRPC proxy binds every interface
+    assert config.ingress.allow_unauthenticated is False
     assert config.limits.max_images == 256
 
 
@@ -212,6 +213,7 @@ def test_deployment_options_map_resources_and_health_checks():
         "max_ongoing_requests": 64,
         "health_check_period_s": 2.0,
         "health_check_timeout_s": 7.0,
+        "max_surge_percent": 0,  # Serve's stop-first roll unless the config asks for surge
         "num_replicas": 3,
     }
     assert isinstance(options["ray_actor_options"]["memory"], int)
