@@ -14,30 +14,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from bench.common import free_port
+from tests.integration.serve_process import wait_for_line
 from tests.integration.training_runs import ROOT
 
 pytestmark = pytest.mark.integration
 MAX_CONSOLE_LINES = 30
-
-
-def _wait_for_line(proc: subprocess.Popen, needle: str, timeout_s: float) -> list[str]:
-    lines, deadline = [], time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        lines.append(line)
-        if needle in line:
-            return lines
-    raise AssertionError(f"no {needle!r} within {timeout_s} s:\n{''.join(lines)}")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +39,7 @@ def served(tmp_path_factory):
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        _wait_for_line(proc, "Reward services up", timeout_s=240)
+        wait_for_line(proc, "Reward services up", timeout_s=240)
         yield {"env": env, "url": f"http://127.0.0.1:{http}", "state": state}
     finally:
         proc.send_signal(signal.SIGTERM)
