@@ -42,6 +42,7 @@ def _images() -> list[np.ndarray]:
 
 
 def _config():
+    from bench.simulated_latency import MODULE
     from services.config import load_services_config
 
     common = {"num_cpus": 0.25, "health_check_period_s": 1.0, "max_batch_size": 8}
@@ -50,7 +51,12 @@ def _config():
             "app_name": "rewards",
             "deployments": [
                 {"reward": "jpeg_compressibility", **common},
-                {"reward": "simulated_latency", "params": {"per_call_ms": 300}, **common},
+                {
+                    "reward": "simulated_latency",
+                    "module": MODULE,  # a benchmark reward: not in the production registry
+                    "params": {"per_call_ms": 300},
+                    **common,
+                },
             ],
             "ingress": {"http_port": int(os.environ["NODE_LOSS_HTTP_PORT"]), "num_cpus": 0},
         }

@@ -47,6 +47,25 @@ def test_the_bar_follows_the_train_epoch_and_never_passes_the_total():
     assert bar.bar.n == 5
 
 
+def test_off_a_terminal_the_bar_prints_a_line_only_when_something_changed():
+    import io
+
+    from tqdm import tqdm
+
+    bar = ProgressReporter(fetch=lambda: None, objectives=NAMES, epochs=2, enabled=False)
+    out = io.StringIO()  # not a terminal: tqdm writes a new line on every refresh
+    bar.bar = tqdm(total=2, file=out, mininterval=0)
+    record = {"train": {"epoch": 0, "reward_mean": [0.5, -2.0]}}
+    for _ in range(20):  # the driver polls once a second while the job finishes
+        bar.update(record)
+    once = out.getvalue().count("\r")
+    bar.update({"train": {"epoch": 1, "reward_mean": [0.6, -2.0]}})
+    assert out.getvalue().count("\r") == once + 1  # the new epoch is shown, once
+    for _ in range(20):
+        bar.update(record | {"train": {"epoch": 1, "reward_mean": [0.6, -2.0]}})
+    assert out.getvalue().count("\r") == once + 1
+
+
 def test_discovery_file_is_read_while_its_process_lives(tmp_path, monkeypatch):
     monkeypatch.setenv("APEX_STATE_DIR", str(tmp_path))
     assert read_discovery("rewards") is None

@@ -67,6 +67,7 @@ class ProgressReporter:
         self.enabled = enabled
         self._stop = threading.Event()
         self._thread = None
+        self._shown: tuple[int, str] | None = None  # what the bar shows now
         if not enabled:
             return
         from tqdm import tqdm
@@ -84,9 +85,15 @@ class ProgressReporter:
     def update(self, records: dict[str, dict[str, Any]]) -> None:
         """Show the newest ``train``/``eval`` records on the bar."""
         train = records.get("train") or {}
+        done = self.bar.n
         if "epoch" in train:
-            self.bar.n = min(int(train["epoch"]) + 1, self.epochs)
-        self.bar.set_postfix_str(describe(records, self.objectives), refresh=False)
+            done = min(int(train["epoch"]) + 1, self.epochs)
+        text = describe(records, self.objectives)
+        if (done, text) == self._shown:
+            return  # nothing new: off a terminal every refresh would print another line
+        self._shown = (done, text)
+        self.bar.n = done
+        self.bar.set_postfix_str(text, refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
