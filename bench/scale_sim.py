@@ -152,8 +152,8 @@ def floor_cells(ray, pools, args) -> list[dict]:
 def fanin_config(max_replicas: int):
     """A one-reward app, autoscaled between 1 and ``max_replicas`` on short metric windows.
 
-    It starts at ``max_replicas``: a replica takes 15-30 s to start on 2 shared cores,
-    longer than a cell, and the load of every cell keeps the autoscaler at its ceiling.
+    It starts at ``max_replicas`` and scales down only after 10 min: a replica takes 15-30 s
+    to start on 2 shared cores, longer than a cell, so each cell is measured at R replicas.
     """
     from services.config import load_services_config
 
@@ -163,7 +163,7 @@ def fanin_config(max_replicas: int):
         "initial_replicas": max_replicas,
         "target_ongoing_requests": 4,
         "upscale_delay_s": 1.0,
-        "downscale_delay_s": 5.0,
+        "downscale_delay_s": 600.0,  # not between cells: the warm-up is too light to hold R
         "look_back_period_s": 2.0,
         "metrics_interval_s": 0.5,
     }
@@ -278,7 +278,9 @@ def run(args) -> dict:
 
             from services.serving.app import deploy
 
-            for replicas in args.fanin_replicas:
+            for i, replicas in enumerate(args.fanin_replicas):
+                if i:  # a fresh app, so that it starts at its ceiling (an update would keep
+                    serve.delete(FANIN_APP)  # the running count); deploy waits for them all
                 deploy(fanin_config(replicas))
                 for n in args.fanin_workers:
                     cell = fanin_cell(ray, pools, n, replicas, args)
