@@ -177,6 +177,7 @@ def _save_tiny_clip(path, seed=0):
     return parts
 
 
+@pytest.mark.slow  # saves and reloads a CLIP checkpoint
 def test_pickscore_pretrained_loader_on_local_dir(loaded, images, tmp_path):
     _save_tiny_clip(tmp_path)
     reward = build_reward(
@@ -188,6 +189,7 @@ def test_pickscore_pretrained_loader_on_local_dir(loaded, images, tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])
 def test_aesthetic_pretrained_loader_on_local_dir(loaded, images, tmp_path, fmt):
     _save_tiny_clip(tmp_path)

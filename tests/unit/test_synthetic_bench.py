@@ -17,6 +17,8 @@ import pytest
 from trainer.core.balance import BALANCER_NAMES
 from trainer.core.metrics import hypervolume, worst_gain
 
+pytestmark = pytest.mark.slow  # every test reads one run of the benchmark (seconds)
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "synthetic_mo.py"
 OCR, PICK, DEQA, AES = range(4)
 
@@ -54,7 +56,6 @@ def _numbers(node):
         yield node
 
 
-@pytest.mark.slow
 def test_every_balancer_runs_every_seed(result):
     seeds = result["settings"]["seeds"]
     assert set(result["table"]) == set(BALANCER_NAMES)
