@@ -12,17 +12,14 @@ its in-memory progress feed and checkpoint path.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from trainer.coordinator.metrics import TrainingGauges
 from trainer.coordinator.trackers import Trackers
-from trainer.core.serialize import to_list
+from trainer.outputs.records import METRICS_FILE, MetricsLog, to_jsonable
 
-METRICS_FILE = "metrics.jsonl"
+__all__ = ["METRICS_FILE", "RunLog", "run_log_name", "start_run_log"]
 
 
 class RunLog:
@@ -40,7 +37,7 @@ class RunLog:
         self.objectives = list(objectives)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.write_metrics = write_metrics
+        self.metrics = MetricsLog(self.run_dir / METRICS_FILE) if write_metrics else None
         self.gauges = TrainingGauges(objectives, enabled=export_metrics)
         self.trackers = Trackers(trackers or [], self.run_dir)
         self.latest: dict[str, dict[str, Any]] = {}  # kind -> its newest record
@@ -49,14 +46,12 @@ class RunLog:
     def record(self, step: int, kind: str, values: dict[str, Any]) -> None:
         """Append one record (``train``, ``eval``, ``restore``, ...) to ``metrics.jsonl``, the
         trackers and the gauges; numpy values become strict JSON (non-finite as null)."""
-        record: dict[str, Any] = {"kind": kind, "step": step, "objectives": self.objectives}
-        record.update({k: jsonable(v) for k, v in values.items()})
+        record = to_jsonable({"kind": kind, "step": step, "objectives": self.objectives, **values})
         self.gauges.export(step, record)
         self.latest[kind] = record
         self.trackers.log(record)
-        if self.write_metrics:
-            with open(self.run_dir / METRICS_FILE, "a") as handle:
-                handle.write(json.dumps(record, allow_nan=False) + "\n")
+        if self.metrics is not None:
+            self.metrics.append(record)
 
     def latest_records(self) -> dict[str, dict[str, Any]]:
         """The newest record of each kind, kept apart: the driver's progress bar shows
@@ -94,22 +89,3 @@ def start_run_log(name: str, max_restarts: int, **kwargs) -> Any:
         )
         .remote(**kwargs)
     )
-
-
-def jsonable(value: Any) -> Any:
-    """Numpy values and nested containers as strict-JSON values (non-finite -> None)."""
-    if isinstance(value, np.ndarray):
-        if np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_:
-            return value.tolist()  # counts stay ints
-        return to_list(value)
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    return value
