@@ -4,9 +4,12 @@ Run as its own process (``python -m tests.integration.trainer_node_loss OUT_DIR`
 ``ray.cluster_utils.Cluster`` cannot share a driver with the session's cluster:
 
 1. A head (2 CPUs) holds the reward app (JPEG compressibility and colourfulness, closed-form),
-   the driver, Ray Train's controller, the coordinator and the run log. Only then does node A
-   join: 1 CPU and the custom resource ``trainer_node``, which every Ray Train worker asks for
-   (``scaling.resources_per_worker``), so the worker, and only it, runs there.
+   the driver and Ray Train's controller. Only then does node A join: 1 CPU and the custom
+   resource ``trainer_node``, which every Ray Train worker asks for
+   (``scaling.resources_per_worker``, as docs/deployment.md pins the workers), so the worker
+   runs there and nothing else that needs a CPU. The coordinator and the run log are 0-CPU
+   actors without a node of their own: Ray places them on either node, and the result notes
+   where.
 2. The reference: an unfaulted run of the same seed and length on node A.
 3. The faulted run (``scaling.max_failures=1``): once step 1's record is written (the worker
    has reported epoch 1's checkpoint), node A is removed, its raylet and every process on it
@@ -33,10 +36,12 @@ from pathlib import Path
 EPOCHS = 5
 APP = "trainer_node_rewards"
 TRAINER_RESOURCE = "trainer_node"  # only a trainer node has it; every Train worker asks for 1
-FAST_HEALTH = {  # the GCS declares a lost node dead within ~2 s instead of ~30 s
-    "health_check_period_ms": 500,
-    "health_check_timeout_ms": 500,
-    "health_check_failure_threshold": 3,
+# The GCS declares a lost node dead within ~5 s instead of ~30 s. Tighter (node_loss.py's
+# 0.5 s x 3) made it declare a live trainer node dead at load average ~50 on 2 cores.
+FAST_HEALTH = {
+    "health_check_period_ms": 1000,
+    "health_check_timeout_ms": 3000,
+    "health_check_failure_threshold": 5,
 }
 STARTUP_FAILED = 75  # EX_TEMPFAIL: a raylet missed Ray's fixed 30 s start window (load)
 
