@@ -71,13 +71,13 @@ def test_a_lost_trainer_node_is_replaced_and_the_run_equals_the_unfaulted_one(sc
     assert [r["step"] for r in reference] == list(range(EPOCHS))
 
     # the worker alone ran on the trainer node, first A, then its replacement B; Ray Train's
-    # controller stays on the driver's node (the head). The coordinator and the run log are
-    # 0-CPU actors that Ray may place on any node (see docs/failure-behaviour.md); one lost
-    # with the node is restarted, and the run must come out the same either way.
+    # controller, the coordinator and the run log stay on the driver's node (the head), so
+    # the node loss takes none of them
     before, after = doc["faulted_where"], doc["faulted_where_after"]
     assert before["RayTrainWorker"] == [node_a], before
     assert after["RayTrainWorker"] == [node_b], after
-    assert before["TrainController"] == after["TrainController"] == [head]
+    for actor in ("TrainController", "Coordinator", "RunLog"):
+        assert before[actor] == after[actor] == [head], (actor, before, after)
 
     # restored from a checkpoint, not from scratch: the steps after the restore start at the
     # checkpoint's step and run to the end; only the steps since it are computed again
