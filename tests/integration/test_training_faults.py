@@ -24,7 +24,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.integration.fault_rewards import deploy_fault_app
-from tests.integration.training_runs import fit
+from tests.integration.training_runs import DIGEST, fit
 from trainer.loop.checkpoint import latest_checkpoint
 from trainer.outputs.records import read_metrics, records_of_kind
 
@@ -42,17 +42,6 @@ FAULT_APP = [
     f"reward_service.app_name={APP}",
     "rewards=" + str([{"name": "jpeg_compressibility"}, {"name": FAULTED}]),
 ]
-# What must not change when a fault is survived: the step's advantages (their digest), the
-# priorities, the rewards and the loss.
-DIGEST = (
-    "advantage_mean",
-    "advantage_std",
-    "advantage_abs_sum",
-    "advantage_checksum",
-    "weights",
-    "reward_mean",
-    "loss",
-)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,17 @@ ROOT = Path(__file__).resolve().parents[2]
 # floats and can be compared exactly. Tiny reward networks differ by ~1e-8 between batch
 # sizes, which P3's priorities and Adam amplified past the tests' tolerances.
 REWARDS = ["jpeg_compressibility", "colorfulness"]
+# What must not change when a fault is survived: the step's advantages (their digest), the
+# priorities, the rewards and the loss.
+DIGEST = (
+    "advantage_mean",
+    "advantage_std",
+    "advantage_abs_sum",
+    "advantage_checksum",
+    "weights",
+    "reward_mean",
+    "loss",
+)
 
 
 def training_config(run_dir: Path, *overrides: str):

@@ -137,11 +137,24 @@ def start_coordinator(name: str, max_restarts: int, **kwargs) -> Any:
         name=name,
         max_restarts=max_restarts,
         max_task_retries=-1 if max_restarts != 0 else 0,
+        scheduling_strategy=on_the_drivers_node(),
         # every rank waits inside exchange() until the last one has submitted: room for all
         # of them at once plus the other calls (record, ping, ...), or the barrier deadlocks
         max_concurrency=max_concurrency(kwargs["num_workers"]),
         num_cpus=0,
     ).remote(**kwargs)
+
+
+def on_the_drivers_node() -> Any:
+    """Place an actor on the node of the driver that creates it. A 0-CPU actor is otherwise
+    free to land on a trainer or reward node and be lost with it; the driver's node lives as
+    long as the run does. Hard affinity: a soft one still put actors on the other node of an
+    idle two-node cluster in two of three tries."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
 
 def max_concurrency(num_workers: int) -> int:

@@ -15,6 +15,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from trainer.coordinator.actor import on_the_drivers_node
 from trainer.coordinator.metrics import TrainingGauges
 from trainer.coordinator.trackers import Trackers
 from trainer.outputs.records import METRICS_FILE, MetricsLog, to_jsonable
@@ -86,6 +87,7 @@ def start_run_log(name: str, max_restarts: int, **kwargs) -> Any:
             max_restarts=max_restarts,
             max_task_retries=-1 if max_restarts != 0 else 0,
             num_cpus=0,
+            scheduling_strategy=on_the_drivers_node(),
         )
         .remote(**kwargs)
     )
