@@ -53,6 +53,7 @@ def _rewards(url: str) -> list[dict]:
     return httpx.get(f"{url}/v1/rewards", timeout=30).json()["rewards"]
 
 
+@pytest.mark.slow  # make serve, then a training run and sampling as processes: ~1-3 min
 def test_train_sample_and_evaluate_against_running_services(served, tmp_path):
     before = _rewards(served["url"])
     assert json.loads((served["state"] / "rewards.json").read_text())["http"] == served["url"]
