@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 
 import numpy as np
+
+from tests.integration.cluster_scenario import run_main
 
 REWARDS = ["jpeg_compressibility", "simulated_latency"]
 IMAGES, MICRO_BATCH, GROUP = 64, 8, 8
@@ -175,14 +176,5 @@ def main(out: str) -> None:
         json.dump(doc, fh)
 
 
-STARTUP_FAILED = 75  # EX_TEMPFAIL: a raylet missed Ray's fixed 30 s start window (load)
-
-
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1])
-    except Exception as exc:
-        if "timed out during startup" in str(exc):
-            print(f"cluster start failed: {exc}", file=sys.stderr)
-            sys.exit(STARTUP_FAILED)
-        raise
+    run_main(main)

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from bench.common import free_port
-from tests.integration.node_loss import STARTUP_FAILED
-from tests.integration.serve_process import ROOT
+from tests.integration.cluster_scenario import run_scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,18 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_a_reward_node_lost_mid_step_loses_no_score(tmp_path):
     out = tmp_path / "node_loss.json"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NODE_LOSS_HTTP_PORT": str(free_port())}
-    for _attempt in range(2):  # a second try only if the cluster could not be built
-        done = subprocess.run(
-            [sys.executable, "-m", "tests.integration.node_loss", str(out)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=400,
-        )
-        if done.returncode != STARTUP_FAILED:
-            break
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_scenario("tests.integration.node_loss", out, env, timeout_s=400)
     doc = json.loads(out.read_text())
     figures = {k: v for k, v in doc.items() if not isinstance(v, list)}
     print(f"\nreward node lost mid-step: {json.dumps(figures)}")

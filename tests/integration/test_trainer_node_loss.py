@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.serve_process import ROOT
-from tests.integration.trainer_node_loss import EPOCHS, STARTUP_FAILED
-from tests.integration.training_runs import DIGEST
+from tests.integration.cluster_scenario import run_scenario
+from tests.integration.trainer_node_loss import EPOCHS
+from tests.integration.training_runs import assert_every_image_scored_once, assert_same_step
 from trainer.outputs.records import records_of_kind
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-BATCH = 16  # training.groups_per_epoch x training.images_per_prompt in training_runs
 
 
 @pytest.fixture(scope="module")
@@ -34,34 +30,11 @@ def scenario(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("trainer-node")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)  # its own cluster, never the shared test cluster
-    for _attempt in range(2):  # a second try only if the cluster could not be built
-        done = subprocess.run(
-            [sys.executable, "-m", "tests.integration.trainer_node_loss", str(out)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=480,
-        )
-        if done.returncode != STARTUP_FAILED:
-            break
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_scenario("tests.integration.trainer_node_loss", out, env, timeout_s=480)
     doc = json.loads((out / "result.json").read_text())
     figures = {k: v for k, v in doc.items() if k.endswith("_s") or k in ("times", "failed_error")}
     print(f"\ntrainer node lost: {json.dumps(figures)}")
     return doc, out
-
-
-def _assert_every_image_scored_once(record: dict) -> None:
-    assert record["batch_size"] == BATCH
-    assert record["scored_count"] == [BATCH, BATCH], record["step"]
-    assert record["unscorable_count"] == [0, 0] and record["nonfinite_count"] == [0, 0]
-
-
-def _assert_same_step(got: dict, want: dict) -> None:
-    assert got["step"] == want["step"]
-    for key in DIGEST:
-        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-7), (got["step"], key)
 
 
 def test_a_lost_trainer_node_is_replaced_and_the_run_equals_the_unfaulted_one(scenario):
@@ -91,8 +64,8 @@ def test_a_lost_trainer_node_is_replaced_and_the_run_equals_the_unfaulted_one(sc
     assert steps_after == list(range(restore["step"], EPOCHS))
     assert restore["recomputed_steps"] == list(range(restore["step"], restore["previous_step"]))
     for record in (r for r in log if r["kind"] == "train"):  # a redone step equals the reference
-        _assert_every_image_scored_once(record)
-        _assert_same_step(record, reference[record["step"]])
+        assert_every_image_scored_once(record)
+        assert_same_step(record, reference[record["step"]])
     assert [r["step"] for r in records_of_kind(log, "train")] == list(range(EPOCHS))
     assert (out / "faulted" / "checkpoints" / f"epoch_{EPOCHS:06d}").is_dir()
     times = doc["times"]
@@ -118,5 +91,5 @@ def test_with_max_failures_0_a_lost_trainer_node_fails_the_run_naming_it(scenari
     assert [r["kind"] for r in log] == ["train"] * len(log) and log, log
     assert [r["step"] for r in log] == list(range(len(log)))
     for record in log:
-        _assert_every_image_scored_once(record)
-        _assert_same_step(record, reference[record["step"]])
+        assert_every_image_scored_once(record)
+        assert_same_step(record, reference[record["step"]])

@@ -33,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.integration.cluster_scenario import run_main
+
 EPOCHS = 5
 APP = "trainer_node_rewards"
 TRAINER_RESOURCE = "trainer_node"  # only a trainer node has it; every Train worker asks for 1
@@ -43,7 +45,6 @@ FAST_HEALTH = {
     "health_check_timeout_ms": 3000,
     "health_check_failure_threshold": 5,
 }
-STARTUP_FAILED = 75  # EX_TEMPFAIL: a raylet missed Ray's fixed 30 s start window (load)
 
 
 def _overrides(*extra: str) -> list[str]:
@@ -251,13 +252,7 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1])
-    except Exception as exc:
-        if "timed out during startup" in str(exc):
-            print(f"cluster start failed: {exc}", file=sys.stderr)
-            sys.exit(STARTUP_FAILED)
-        raise
+    run_main(main)
     # the cluster is down and the result written; Python's own exit then waited ~50 s on a
     # loaded machine for Ray's and gRPC's leftover threads, which hold nothing of value
     sys.stdout.flush()

@@ -62,3 +62,22 @@ def fit(run_dir: Path, *overrides: str) -> list[dict]:
     run = RunFolder(run_dir)
     train(cfg, run)
     return records_of_kind(read_metrics(run.path), "train")
+
+
+BATCH = 16  # training.groups_per_epoch x training.images_per_prompt of the fault configs
+
+
+def assert_every_image_scored_once(record: dict) -> None:
+    """A train record of the two-reward fault app in which every image got both scores."""
+    assert record["batch_size"] == BATCH
+    assert record["scored_count"] == [BATCH, BATCH], record["step"]
+    assert record["unscorable_count"] == [0, 0] and record["nonfinite_count"] == [0, 0]
+
+
+def assert_same_step(got: dict, want: dict) -> None:
+    """The same step as in the unfaulted run: every DIGEST value equal (to float noise)."""
+    import pytest
+
+    assert got["step"] == want["step"]
+    for key in DIGEST:
+        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-7), (got["step"], key)
