@@ -179,7 +179,9 @@ def _timing(records) -> Figure | None:
         return None
     fig, (ax,) = _grid(1, "time per step")
     for i, key in enumerate(keys):
-        ax.plot(_steps(records), _scalar(records, key), color=_color(i), label=key[5:-2])
+        values = _scalar(records, key)
+        sparse = "o" if np.isnan(values).any() else None  # e.g. only on measured steps
+        ax.plot(_steps(records), values, color=_color(i), marker=sparse, label=key[5:-2])
     ax.set_xlabel("step")
     ax.set_ylabel("seconds")
     ax.set_ylim(bottom=0)
