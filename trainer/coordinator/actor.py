@@ -80,6 +80,13 @@ class Coordinator:
             )
         return self.state.result(step).for_rank(rank)
 
+    def report_gradient_cosines(self, step: int, matrix: FloatArray) -> None:
+        """Rank 0 hands back the ``[K, K]`` cosines of the per-objective LoRA gradients that
+        all workers measured on ``step``'s batch (a float64 array, NaN for a pair without a
+        direction); written to the state file at once, so a restarted actor holds them."""
+        self.state.report_gradient_cosines(step, matrix)
+        self._persist()
+
     def state_dict(self) -> dict[str, Any]:
         """The whole state, for the trainer's checkpoint."""
         return self.state.state_dict()

@@ -41,6 +41,7 @@ PER_OBJECTIVE = {
     "objective_missing_cumulative": "Steps without any score of the objective so far.",
     "reward_retries": "Scoring calls the client retried this step (all workers).",
     "reward_waits": "Wait rounds for a reward down after retries this step (on_failure=wait).",
+    "objective_gradient_norm": "Norm of the objective's LoRA policy gradient (measured steps).",
 }
 SCALARS = {
     "advantage_mean": "Mean advantage of the step.",
@@ -54,6 +55,7 @@ SCALARS = {
     "time_scoring_total_s": "Summed durations of the epoch's scoring calls (rank 0).",
     "time_coordinator_s": "Seconds in the coordinator exchange (rank 0).",
     "time_update_s": "Seconds in the policy update (rank 0).",
+    "time_gradient_cosines_s": "Seconds measuring the per-objective gradient cosines (rank 0).",
     "epoch": "Training epoch.",
 }
 
@@ -78,6 +80,11 @@ class TrainingGauges:
         self.conflict = Gauge(
             "apex_conflict_correlation",
             description="Correlation of two objectives' advantages (the conflict matrix).",
+            tag_keys=("objective", "other"),
+        )
+        self.gradient_cosine = Gauge(
+            "apex_gradient_cosine",
+            description="Cosine of two objectives' LoRA policy gradients (last measured step).",
             tag_keys=("objective", "other"),
         )
         self.step = Gauge("apex_step", description="Last balanced step.")
@@ -105,10 +112,18 @@ class TrainingGauges:
             value = record.get(key)
             if isinstance(value, (int, float)) and np.isfinite(value):
                 gauge.set(float(value))
-        matrix = record.get("conflict_matrix")
-        if matrix is not None:
-            for i, a in enumerate(self.objectives):
-                for j, b in enumerate(self.objectives):
-                    value = np.asarray(matrix, dtype=float)[i, j]
-                    if i != j and np.isfinite(value):
-                        self.conflict.set(float(value), tags={"objective": a, "other": b})
+        for key, gauge in (
+            ("conflict_matrix", self.conflict),
+            ("gradient_cosine_matrix", self.gradient_cosine),
+        ):
+            self._set_pairs(gauge, record.get(key))
+
+    def _set_pairs(self, gauge, matrix) -> None:
+        """Set ``gauge`` for every ordered pair of different objectives with a finite value."""
+        if matrix is None:
+            return
+        values = np.asarray(matrix, dtype=float)  # JSON null -> NaN
+        for i, a in enumerate(self.objectives):
+            for j, b in enumerate(self.objectives):
+                if i != j and np.isfinite(values[i, j]):
+                    gauge.set(float(values[i, j]), tags={"objective": a, "other": b})

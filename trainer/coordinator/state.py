@@ -25,12 +25,15 @@ IntArray = npt.NDArray[np.int64]
 class RankResult(TypedDict):
     """What one worker receives for a step: its advantages (one per sample it sent, in
     its order), the objective weights and, for rank 0 only (empty elsewhere), the
-    balancer's terms for the run log's train record."""
+    balancer's terms for the run log's train record. On a step whose gradient conflict is
+    measured, ``objective_advantages`` is the ``[K, b]`` per-objective advantages of its
+    samples (every rank gets it, so all of them take part in the measurement); else None."""
 
     step: int
     advantages: FloatArray
     weights: FloatArray
     info: dict[str, Any]
+    objective_advantages: FloatArray | None
 
 
 @dataclass
@@ -41,6 +44,8 @@ class StepResult:
     advantages: dict[int, np.ndarray]  # rank -> advantages of that worker's samples
     weights: np.ndarray
     info: dict[str, Any]
+    # rank -> [K, b] per-objective advantages, on a step whose gradient conflict is measured
+    objective_advantages: dict[int, np.ndarray] | None = None
 
     def for_rank(self, rank: int) -> RankResult:
         """What one worker receives: its advantages, the weights, the step and (rank 0) the
@@ -51,6 +56,9 @@ class StepResult:
             "advantages": self.advantages[rank],
             "weights": self.weights,
             "info": info,
+            "objective_advantages": (
+                None if self.objective_advantages is None else self.objective_advantages[rank]
+            ),
         }
 
 
@@ -117,15 +125,44 @@ class CoordinatorState:
         rewards = np.concatenate([self._pending[k][0] for k in ranks], axis=1)
         groups = np.concatenate([self._pending[k][1] for k in ranks])
         advantages, weights, info = self.balancer.step(rewards, groups)
-        split, start = {}, 0
+        ahat = info.pop("objective_advantages", None)  # [K, B]: for the workers, not the log
+        split, split_ahat, start = {}, None if ahat is None else {}, 0
         for k in ranks:
             size = self._pending[k][0].shape[1]
             split[k] = advantages[start : start + size]
+            if split_ahat is not None:
+                split_ahat[k] = ahat[:, start : start + size]
             start += size
-        self.last = StepResult(step=self.step, advantages=split, weights=weights, info=info)
+        self.last = StepResult(
+            step=self.step,
+            advantages=split,
+            weights=weights,
+            info=info,
+            objective_advantages=split_ahat,
+        )
         self.step += 1
         self._pending = {}
         return self.last
+
+    def report_gradient_cosines(self, step: int, matrix: FloatArray) -> None:
+        """Take the ``[K, K]`` gradient cosines the workers measured on ``step``'s batch.
+
+        Only the last computed step can be reported, and only if it was a measured one (its
+        result carried per-objective advantages). A resend changes nothing. ``ValueError``
+        for any other step or a matrix that is not a cosine matrix.
+        """
+        if self.last is None or step != self.last.step:
+            last = None if self.last is None else self.last.step
+            raise ValueError(
+                f"gradient cosines for step {step}, but the last balanced step is {last}; "
+                "report them after the step's exchange and before the next one"
+            )
+        if self.last.objective_advantages is None:
+            raise ValueError(
+                f"step {step} was not a measured step (balancer.options."
+                "conflict_gradient_every); no gradient cosines were asked for"
+            )
+        self.balancer.observe_gradient_cosines(step, matrix)
 
     def result(self, step: int) -> StepResult | None:
         """The result of ``step`` if it is the last computed one."""
@@ -144,6 +181,10 @@ class CoordinatorState:
                 "advantages": {str(k): to_list(v) for k, v in self.last.advantages.items()},
                 "weights": to_list(self.last.weights),
             }
+            if self.last.objective_advantages is not None:
+                last["objective_advantages"] = {
+                    str(k): to_list(v) for k, v in self.last.objective_advantages.items()
+                }
         return {
             "objectives": self.objectives,
             "num_workers": self.num_workers,
@@ -169,4 +210,12 @@ class CoordinatorState:
                 advantages={int(k): from_list(v) for k, v in last["advantages"].items()},
                 weights=from_list(last["weights"]),
                 info={},
+                objective_advantages=_ranks_from_lists(last.get("objective_advantages")),
             )
+
+
+def _ranks_from_lists(values: dict[str, list] | None) -> dict[int, np.ndarray] | None:
+    """``{rank: array}`` from the state file's ``{"rank": nested lists}`` (None stays None)."""
+    if values is None:
+        return None
+    return {int(k): from_list(v) for k, v in values.items()}

@@ -29,7 +29,9 @@ logger = logging.getLogger(__name__)
 TENSORBOARD_DIR = "tensorboard"
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 _MODULES = {"tensorboard": "tensorboardX", "wandb": "wandb", "mlflow": "mlflow"}
-_SKIPPED = {"kind", "step", "objectives", "epoch", "conflict_matrix"}
+# pairwise matrices of a record, flattened to one tag per pair a < b under these names
+_PAIR_MATRICES = {"conflict_matrix": "conflict", "gradient_cosine_matrix": "gradient_cosine"}
+_SKIPPED = {"kind", "step", "objectives", "epoch", *_PAIR_MATRICES}
 
 
 def missing_trackers(names: Sequence[str]) -> list[str]:
@@ -41,7 +43,8 @@ def flatten_record(record: Mapping[str, Any]) -> dict[str, float]:
     """``{tag: value}`` for every finite number in a ``metrics.jsonl`` record.
 
     Lists as long as the objectives are per objective (``kind/key/name``); the conflict
-    matrix becomes ``kind/conflict/a/b`` for each pair a < b; other values are skipped.
+    matrix becomes ``kind/conflict/a/b`` for each pair a < b, a measured gradient cosine
+    matrix ``kind/gradient_cosine/a/b``; other values are skipped.
     """
     kind = str(record.get("kind", "record"))
     names = list(record.get("objectives") or [])
@@ -54,11 +57,12 @@ def flatten_record(record: Mapping[str, Any]) -> dict[str, float]:
                 _put(out, f"{kind}/{key}/{name}", item)
         else:
             _put(out, f"{kind}/{key}", value)
-    matrix = record.get("conflict_matrix")
-    if isinstance(matrix, list) and len(matrix) == len(names):
-        for i, row in enumerate(matrix):
-            for j in range(i + 1, len(names)):
-                _put(out, f"{kind}/conflict/{names[i]}/{names[j]}", row[j])
+    for key, tag in _PAIR_MATRICES.items():
+        matrix = record.get(key)
+        if isinstance(matrix, list) and len(matrix) == len(names):
+            for i, row in enumerate(matrix):
+                for j in range(i + 1, len(names)):
+                    _put(out, f"{kind}/{tag}/{names[i]}/{names[j]}", row[j])
     return out
 
 

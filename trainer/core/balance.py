@@ -4,7 +4,10 @@ The coordinator actor, the benchmarks and outside users call this. A balancer's 
 takes ``rewards [num_objectives, batch]`` (NaN = unscorable) and ``group_ids [batch]`` and
 returns ``(advantages [batch], weights [num_objectives], info)``; ``info`` holds every
 intermediate term per objective, and the step's numerical faults with their running totals
-(:mod:`trainer.core.faults`). ``state_dict``/``load_state_dict`` restore it exactly.
+(:mod:`trainer.core.faults`). On a step whose gradient conflict is measured
+(``conflict_gradient_every``), ``info["objective_advantages"]`` is the ``[K, batch]`` matrix of
+per-objective advantages, and ``observe_gradient_cosines`` takes the measured cosines back.
+``state_dict``/``load_state_dict`` restore it exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from trainer.core.advantages import (
     standardize_and_clip,
     static_advantages,
 )
+from trainer.core.conflict import ConflictMode, check_cosine_matrix, measures_at
 from trainer.core.faults import FaultTotals, step_faults
 from trainer.core.groups import GroupStats, centered_rewards, check_inputs, group_stats
 from trainer.core.priorities import AdaptivePriorities, FixedWeights, PriorityTerms
@@ -60,7 +64,18 @@ class BalancerOptions(BaseModel):
     targets: list[float | None] | None = Field(
         None, description="raw-unit targets T[k]; an objective with one uses target mode"
     )
-    conflict_decay: float = Field(0.9, ge=0, lt=1)
+    conflict_decay: float = Field(0.9, ge=0, lt=1, description="EMA decay of conflict penalty")
+    conflict_mode: ConflictMode = Field(
+        "proxy",
+        description="what the conflict penalty reads: proxy corr(Ahat_k, Ahat_l) every step, or "
+        "gradient the measured LoRA-gradient cosines (needs conflict_gradient_every >= 1)",
+    )
+    conflict_gradient_every: int = Field(
+        0,
+        ge=0,
+        description="measure the per-objective LoRA-gradient cosines every M steps (K extra "
+        "backward passes; logged beside the proxy in either mode); 0 = never",
+    )
     fast_decay: float = Field(0.5, ge=0, lt=1, description="EMA decay of ema_fast(m)")
     potential_decay: float = Field(0.9, ge=0, lt=1, description="EMA decay of mean_g s")
     dwa_temperature: float = Field(1.0, gt=0)
@@ -72,6 +87,16 @@ class BalancerOptions(BaseModel):
             w = np.asarray(self.weights, dtype=np.float64)
             if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
                 raise ValueError("weights must be finite, >= 0, and not all 0")
+        return self
+
+    @model_validator(mode="after")
+    def _gradient_mode_measures(self) -> BalancerOptions:
+        if self.conflict_mode == "gradient" and self.conflict_gradient_every < 1:
+            raise ValueError(
+                "conflict_mode=gradient reads measured gradient cosines, but "
+                "conflict_gradient_every is 0 (never measured); set "
+                "balancer.options.conflict_gradient_every=M (e.g. 10)"
+            )
         return self
 
 
@@ -115,7 +140,8 @@ class Balancer:
         o = self.options
         scale = np.full(self.num_objectives, np.nan)
         if self.normalizer == "static":
-            weights, prio_info = self.priorities.update(r, stats, centered_rewards(r, stats))
+            ahat = centered_rewards(r, stats)
+            weights, prio_info = self.priorities.update(r, stats, ahat)
             adv, raw = static_advantages(r, stats, weights, clip=o.clip, std_eps=o.static_std_eps)
         elif self.normalizer == "zscore":
             ahat = plain_group_zscores(r, stats)
@@ -127,6 +153,7 @@ class Balancer:
             weights, prio_info = self.priorities.update(r, stats, ahat)
             adv, raw = standardize_and_clip(weights @ ahat, clip=o.clip)
             scale = _masked_mean(d, stats.count > 0)
+        measured = measures_at(self.steps, o.conflict_gradient_every)
         self.steps += 1
         info = _diagnostics(r, stats, adv, raw, o.clip)
         faults = step_faults(r, stats, nonfinite)
@@ -136,7 +163,20 @@ class Balancer:
         info.update({"weights": weights, "group_scale": scale, "step": self.steps})
         if self.normalizer == "dsan":
             info["scale_ema"] = self.scale.sbar.copy()
+        if measured:  # the trainer measures this step's per-objective gradients on them
+            info["objective_advantages"] = ahat
         return adv, weights, info
+
+    def observe_gradient_cosines(self, step: int, matrix) -> None:
+        """Take the gradient cosine matrix measured on step ``step``'s batch.
+
+        Under ``conflict_mode=gradient`` it drives the conflict penalty from the next step
+        on, held until the next measurement; under ``proxy`` it is only kept (the run log
+        has it). Raises ``ValueError`` for a matrix that is not a ``[K, K]`` cosine matrix.
+        """
+        self.priorities.observe_gradient_cosines(
+            step, check_cosine_matrix(matrix, self.num_objectives)
+        )
 
     def state_dict(self) -> dict:
         """Plain-Python state (JSON-serializable); restoring it continues bit-identically."""

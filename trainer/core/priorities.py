@@ -73,6 +73,9 @@ class FixedWeights:
         corr = objective_correlations(ahat, ~np.isnan(rewards))
         return self.weights.copy(), {"conflict_matrix": corr}
 
+    def observe_gradient_cosines(self, step: int, matrix: np.ndarray) -> None:
+        """Fixed weights have no conflict term: measured cosines are only logged."""
+
     def state_dict(self) -> dict:
         """No state beyond the configuration."""
         return {}
@@ -110,6 +113,16 @@ class AdaptivePriorities:
         self.conflict_ema = np.full(weights.size, np.nan)
         self.last_prog = np.full(weights.size, np.nan)
         self.steps = 0
+        # conflict_mode=gradient: the newest measured cosine matrix and the step it was measured on
+        self.gradient_cosines: np.ndarray | None = None
+        self.gradient_step: int | None = None
+
+    def observe_gradient_cosines(self, step: int, matrix: np.ndarray) -> None:
+        """Hold a measured gradient cosine matrix for the penalty (``gradient`` mode only;
+        under ``proxy`` a measurement is for the log and changes nothing here)."""
+        if self.opts.conflict_mode == "gradient":
+            self.gradient_cosines = np.array(matrix, dtype=np.float64)
+            self.gradient_step = int(step)
 
     def update(
         self, rewards: np.ndarray, stats: GroupStats, ahat: np.ndarray
@@ -118,7 +131,7 @@ class AdaptivePriorities:
         o = self.opts
         self.tracker.observe(rewards, stats)
         corr = objective_correlations(ahat, ~np.isnan(rewards))
-        conflict_now = conflict_penalty(corr, self.lam)
+        conflict_now = conflict_penalty(self._conflict_source(corr), self.lam)
         seen = ~np.isnan(conflict_now)
         fresh = seen & np.isnan(self.conflict_ema)
         smoothed = o.conflict_decay * self.conflict_ema + (1 - o.conflict_decay) * conflict_now
@@ -162,7 +175,19 @@ class AdaptivePriorities:
             "lambda_target": lam_hat,
             "warming_up": self.steps <= o.warmup_steps,
         }
+        if o.conflict_mode == "gradient":
+            info["conflict_gradient_step"] = self.gradient_step
         return self.lam.copy(), info
+
+    def _conflict_source(self, corr: np.ndarray) -> np.ndarray:
+        """The pairwise cosines the penalty reads this step: the proxy ``corr`` of this
+        step's advantages, or (``gradient`` mode) the last measured gradient cosines, held
+        between measurements; all NaN before the first one (no penalty yet)."""
+        if self.opts.conflict_mode != "gradient":
+            return corr
+        if self.gradient_cosines is None:
+            return np.full(corr.shape, np.nan)
+        return self.gradient_cosines
 
     def _need(self, prog: np.ndarray) -> np.ndarray:
         """Progress need: target mode where a target is set, relative mode elsewhere."""
@@ -182,13 +207,17 @@ class AdaptivePriorities:
 
     def state_dict(self) -> dict:
         """Plain-Python state for checkpoints (exact float64 round trip)."""
-        return {
+        state = {
             "tracker": self.tracker.state_dict(),
             "lambda": to_list(self.lam),
             "conflict_ema": to_list(self.conflict_ema),
             "last_prog": to_list(self.last_prog),
             "steps": self.steps,
         }
+        if self.gradient_cosines is not None:
+            state["gradient_cosines"] = to_list(self.gradient_cosines)
+            state["gradient_step"] = self.gradient_step
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the state written by :meth:`state_dict`."""
@@ -197,3 +226,6 @@ class AdaptivePriorities:
         self.conflict_ema = from_list(state["conflict_ema"])
         self.last_prog = from_list(state["last_prog"])
         self.steps = int(state["steps"])
+        held = state.get("gradient_cosines")  # absent: proxy mode, or nothing measured yet
+        self.gradient_cosines = None if held is None else from_list(held)
+        self.gradient_step = None if held is None else int(state["gradient_step"])

@@ -25,6 +25,7 @@ from trainer.coordinator.run_log import run_log_name
 from trainer.loop import checkpoint as ckpt_io
 from trainer.loop.data import PromptSampler, load_prompts
 from trainer.loop.evaluation import evaluate
+from trainer.loop.gradient_conflict import measure_gradient_conflict
 from trainer.loop.rollout_phase import sample_and_score
 from trainer.loop.update import LoraEma, policy_update
 from trainer.model.pipeline import (
@@ -224,10 +225,13 @@ class WorkerLoop:
             cfg.training.train_timesteps(cfg.sampling.num_steps),
             generator,
         )
+        rollout, embeds = data.rollout.to(device), data.embeds.to(device)
+        measured = self._measure_conflict(epoch, reply, rollout, embeds, steps, samples)
+        updating = time.perf_counter()
         stats = policy_update(
             self.pipe.transformer,
-            data.rollout.to(device),
-            data.embeds.to(device),
+            rollout,
+            embeds,
             torch.as_tensor(reply["advantages"], dtype=torch.float32, device=device),
             steps,
             cfg=cfg.training,
@@ -247,14 +251,49 @@ class WorkerLoop:
             **reply["info"],  # rank 0: the balancer's terms for this step's train record
             "epoch": epoch,
             **vars(stats),
+            **measured,  # a measured step's gradient cosines (its keys only then)
             "reward_retries": retries,
             "reward_waits": waits,
             "time_sampling_s": data.time_sampling_s,
             "time_scoring_s": data.time_scoring_s,
             "time_scoring_total_s": data.time_scoring_total_s,
             "time_coordinator_s": balanced - exchanged,
-            "time_update_s": done - balanced,
+            "time_update_s": done - updating,
             "time_epoch_s": done - start,
+        }
+
+    def _measure_conflict(self, epoch, reply, rollout, embeds, steps, samples) -> dict[str, Any]:
+        """On a step the coordinator marks as measured (its reply carries the per-objective
+        advantages), the cosines of the objectives' LoRA gradients over the global batch
+        (every rank takes part; rank 0 reports them to the coordinator), with the time it
+        took; ``{}`` on any other step. Runs before the update: at the rollout policy."""
+        ahat = reply.get("objective_advantages")
+        if ahat is None:
+            return {}
+        import ray
+
+        start = time.perf_counter()
+        t = self.cfg.training
+        device = self.pipe.transformer.device
+        result = measure_gradient_conflict(
+            self.pipe.transformer,
+            rollout,
+            embeds,
+            torch.as_tensor(ahat, dtype=torch.float32, device=device),
+            steps,
+            params=self.params,
+            micro_batch_size=t.micro_batch_size or self.cfg.sampling.micro_batch_size,
+            guidance_scale=rollout.guidance_scale if t.cfg else 1.0,
+            world_size=self.world,
+            optimizer_steps=t.optimizer_steps_per_epoch,
+            sample_indices=[i for _, i, _ in samples],
+        )
+        if self.rank == 0:
+            ray.get(self.coordinator.report_gradient_cosines.remote(epoch, result.cosines))
+        return {
+            "gradient_cosine_matrix": result.cosines,
+            "objective_gradient_norm": result.norms,
+            "time_gradient_cosines_s": time.perf_counter() - start,
         }
 
     def _sum_over_workers(self, values: np.ndarray, device) -> list[list[int]]:

@@ -4,8 +4,9 @@
 - :mod:`trainer.outputs.run_folder`: ``RunFolder``, where every file of a run goes.
 - :mod:`trainer.outputs.evaluation_metrics`: effect-size gains, hypervolume and seesaw of an
   evaluation history (method.md section 6).
-- :mod:`trainer.outputs.summary`: ``summary.txt``; :mod:`trainer.outputs.plots`: ``plots/*.png``;
-  :mod:`trainer.outputs.images`: image grids.
+- :mod:`trainer.outputs.summary`: ``summary.txt``; :mod:`trainer.outputs.plots`: ``plots/*.png``
+  (``conflict.png`` from :mod:`trainer.outputs.conflict_plots`); :mod:`trainer.outputs.images`:
+  image grids.
 - :mod:`trainer.outputs.progress`: the console progress bar (tqdm) of a run.
 
 Every writer takes the records it draws from; this package imports only :mod:`trainer.core`

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from trainer.outputs.conflict_plots import conflict_figure
 from trainer.outputs.evaluation_metrics import eval_summary
 from trainer.outputs.records import records_of_kind, vector
 
@@ -32,7 +33,8 @@ def plot_run(
     ``rewards.png``: train reward mean per objective with a +-std band; ``weights.png``: the
     lambda of every objective; ``steering.png``: each objective's correlation with the
     advantage (variance hijacking shows as one line near 1); ``priorities.png``: the three
-    P3 terms; ``training.png``: loss,
+    P3 terms; ``conflict.png``: the conflict proxy against the measured gradient cosines
+    (:mod:`trainer.outputs.conflict_plots`); ``training.png``: loss,
     KL, clip fraction, grad norm; ``timing.png``: the ``time_*_s`` phases; ``eval.png``: the
     eval reward mean per objective; ``eval_gains.png``: effect-size gains, hypervolume and
     worst gain over the evals. Each is written only when its keys exist.
@@ -48,6 +50,7 @@ def plot_run(
         "weights.png": _weights(train, names),
         "steering.png": _steering(train, names),
         "priorities.png": _priorities(train, names),
+        "conflict.png": conflict_figure(train, names),
         "training.png": _scalars(train, [k for k in TRAINING_SCALARS if _has(train, k)]),
         "timing.png": _timing(train),
         "eval.png": _per_objective(evals, names, "reward_mean", None, "eval reward", marker="o"),
@@ -176,7 +179,9 @@ def _timing(records) -> Figure | None:
         return None
     fig, (ax,) = _grid(1, "time per step")
     for i, key in enumerate(keys):
-        ax.plot(_steps(records), _scalar(records, key), color=_color(i), label=key[5:-2])
+        values = _scalar(records, key)
+        sparse = "o" if np.isnan(values).any() else None  # e.g. only on measured steps
+        ax.plot(_steps(records), values, color=_color(i), marker=sparse, label=key[5:-2])
     ax.set_xlabel("step")
     ax.set_ylabel("seconds")
     ax.set_ylim(bottom=0)
