@@ -27,6 +27,7 @@ from trainer.loop.data import PromptSampler, load_prompts
 from trainer.loop.evaluation import evaluate
 from trainer.loop.rollout_phase import sample_and_score
 from trainer.loop.update import LoraEma, policy_update
+from trainer.model import fast
 from trainer.model.pipeline import (
     add_lora,
     load_lora_state_dict,
@@ -70,6 +71,7 @@ class WorkerLoop:
         torch.manual_seed(t.seed)  # identical base and LoRA init on every worker
         self.pipe = load_pipeline(cfg.model, device)
         add_lora(self.pipe.transformer, cfg.lora, seed=t.seed)
+        fast.prepare(self.pipe, cfg.performance)  # compiled blocks, VAE dtype; off by default
         self.params = lora_parameters(self.pipe.transformer)
         self.optimizer = torch.optim.AdamW(
             self.params, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay
@@ -211,6 +213,7 @@ class WorkerLoop:
             sampling=cfg.sampling,
             rewards=self.rewards,
             service=cfg.reward_service,
+            performance=cfg.performance,
         )
         exchanged = time.perf_counter()
         reply = ray.get(
@@ -224,21 +227,22 @@ class WorkerLoop:
             cfg.training.train_timesteps(cfg.sampling.num_steps),
             generator,
         )
-        stats = policy_update(
-            self.pipe.transformer,
-            data.rollout.to(device),
-            data.embeds.to(device),
-            torch.as_tensor(reply["advantages"], dtype=torch.float32, device=device),
-            steps,
-            cfg=cfg.training,
-            micro_batch_size=cfg.training.micro_batch_size or cfg.sampling.micro_batch_size,
-            optimizer=self.optimizer,
-            params=self.params,
-            world_size=self.world,
-            sample_indices=[i for _, i, _ in samples],
-            ema=self.ema,
-            optimizer_step_offset=self.optimizer_steps,
-        )
+        with fast.for_update(cfg.performance):
+            stats = policy_update(
+                self.pipe.transformer,
+                data.rollout.to(device),
+                data.embeds.to(device),
+                torch.as_tensor(reply["advantages"], dtype=torch.float32, device=device),
+                steps,
+                cfg=cfg.training,
+                micro_batch_size=cfg.training.micro_batch_size or cfg.sampling.micro_batch_size,
+                optimizer=self.optimizer,
+                params=self.params,
+                world_size=self.world,
+                sample_indices=[i for _, i, _ in samples],
+                ema=self.ema,
+                optimizer_step_offset=self.optimizer_steps,
+            )
         self.optimizer_steps += cfg.training.optimizer_steps_per_epoch
         tally = np.stack([data.tally.retries, data.tally.waits])
         retries, waits = self._sum_over_workers(tally, device)
@@ -278,6 +282,7 @@ class WorkerLoop:
                 seed=cfg.training.seed,
                 rewards=self.rewards,
                 service=cfg.reward_service,
+                performance=cfg.performance,
             )
         means = [float(v) for v in result["reward_mean"]]
         if self.eval_base is None:
