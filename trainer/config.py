@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.config_loader import (
     ConfigError,
@@ -25,32 +25,20 @@ from common.config_loader import (
     validate,
 )
 from trainer.batch_shape import batch_shape_problem
+from trainer.config_performance import PerformanceConfig, performance_problems
+from trainer.config_section import Section
 from trainer.core.balance import BALANCER_NAMES, BalancerName, BalancerOptions
 
-__all__ = ["ConfigError", "TrainConfig", "balancer_kwargs", "dump_config", "load_config", "main"]
-
-
-class Section(BaseModel):
-    """Base of every section: unknown keys are errors and a loaded config is immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_section_means_defaults(cls, data: Any) -> Any:
-        # `section:` with nothing under it loads as None; treat it as "all defaults"
-        if not isinstance(data, dict):
-            return data
-        return {k: v for k, v in data.items() if v is not None or not _is_section(cls, k)}
-
-
-def _is_section(model: type[BaseModel], key: str) -> bool:
-    field = model.model_fields.get(key)
-    return (
-        field is not None
-        and isinstance(field.annotation, type)
-        and (issubclass(field.annotation, BaseModel))
-    )
+__all__ = [
+    "ConfigError",
+    "PerformanceConfig",
+    "Section",
+    "TrainConfig",
+    "balancer_kwargs",
+    "dump_config",
+    "load_config",
+    "main",
+]
 
 
 class TinyModelConfig(Section):
@@ -419,6 +407,9 @@ class TrainConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="ckpts")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logs, metrics")
     scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Ray resources")
+    performance: PerformanceConfig = Field(
+        default_factory=PerformanceConfig, description="fast paths; all off = eager"
+    )
 
     @field_validator("rewards")
     @classmethod
@@ -434,6 +425,9 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:
         problems = _batch_problems(self) + _balancer_problems(self) + _resolution_problems(self)
+        problems += performance_problems(
+            self.performance, self.lora.target_modules, self.scaling.use_gpu
+        )
         if problems:
             raise ValueError("\n  - ".join(problems))  # one bullet per problem
         return self

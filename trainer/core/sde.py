@@ -27,7 +27,19 @@ class SDEStep:
 
 
 def _as_batch_column(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """Turn a scalar or a ``[batch]`` tensor into a tensor that broadcasts against ``like``."""
+    """Turn a scalar or a ``[batch]`` tensor into a tensor that broadcasts against ``like``.
+
+    A 0-dim CPU tensor given for ``like`` on an accelerator stays a 0-dim CPU tensor: it
+    enters the device's arithmetic as a scalar, with no copy to the device and so no host
+    synchronization (a Python float would be copied, and the copy waits for the device).
+    """
+    if (
+        isinstance(value, torch.Tensor)
+        and value.ndim == 0
+        and value.device.type == "cpu"
+        and like.device.type != "cpu"
+    ):
+        return value.to(like.dtype)
     t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if t.ndim == 0:
         return t.reshape((1,) * like.ndim)
@@ -113,14 +125,16 @@ def sde_step(
     noise_level: float = 0.7,
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
+    noise: torch.Tensor | None = None,
 ) -> SDEStep:
     """Take (or re-score) one SDE step.
 
     With ``prev_sample=None`` a new ``x_next = mean + std * noise`` is drawn (using
     ``generator`` when given: one for the batch, or a list with one per sample so that a
-    sample's noise does not depend on which batch or worker it is drawn in); otherwise the
-    given sample is scored, which is how the training pass recomputes log-probs of a
-    recorded trajectory under the current policy.
+    sample's noise does not depend on which batch or worker it is drawn in; or ``noise``, a
+    standard normal draw made beforehand, shaped like ``x``); otherwise the given sample is
+    scored, which is how the training pass recomputes log-probs of a recorded trajectory
+    under the current policy.
     With ``noise_level = 0`` the step is the deterministic ODE step and the log-prob is
     undefined, so ``log_prob`` is returned as zeros.
     """
@@ -131,7 +145,10 @@ def sde_step(
         if noise_level == 0.0:
             prev_sample = mean
         else:
-            noise = standard_normal(x.shape, generator, x.dtype).to(x.device)
+            if noise is None:
+                noise = standard_normal(x.shape, generator, x.dtype).to(x.device)
+            elif noise.shape != x.shape:
+                raise ValueError(f"noise {tuple(noise.shape)} must match x {tuple(x.shape)}")
             prev_sample = mean + std * noise
     elif prev_sample.shape != x.shape:
         raise ValueError(f"prev_sample {tuple(prev_sample.shape)} must match x {tuple(x.shape)}")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from services.client import RewardClient
-from trainer.config import RewardServiceConfig, SamplingConfig
+from trainer.config import PerformanceConfig, RewardServiceConfig, SamplingConfig
 from trainer.loop.rollout_phase import sample_generators, sample_prompts, wait_for_scores
+from trainer.model.fast import for_rollout
 
 EVAL_EPOCH_TAG = 2**31 - 1  # keeps evaluation noise apart from every training epoch's
 
@@ -26,28 +27,36 @@ def evaluate(
     seed: int,
     rewards: list[str],
     service: RewardServiceConfig,
+    performance: PerformanceConfig | None = None,
 ) -> dict:
     """Sample one image per prompt with the ODE sampler and score it with every reward.
 
     Returns ``reward_mean`` and ``reward_std`` ``[K]`` (over the scorable images), the
-    unscored counts, and the ``images`` ``[N, H, W, 3]`` for the grid.
+    unscored counts, and the ``images`` ``[N, H, W, 3]`` for the grid. ``performance``: the
+    sampling fast paths, as in training rollouts.
     """
     images, scores = [], []
-    for offset in range(0, len(prompts), sampling.micro_batch_size):
-        chunk = prompts[offset : offset + sampling.micro_batch_size]
-        _, rollout = sample_prompts(
-            pipe,
-            chunk,
-            sampling,
-            num_steps=sampling.eval_num_steps,
-            guidance_scale=sampling.eval_guidance_scale,
-            noise_level=sampling.eval_noise_level,
-            generators=sample_generators(seed, EVAL_EPOCH_TAG, range(offset, offset + len(chunk))),
-        )
-        future = client.submit(rollout.images, chunk, rewards)
-        (matrix,) = wait_for_scores(client, [(future, rollout.images, chunk)], rewards, service)
-        images.append(rollout.images)
-        scores.append(matrix.scores)
+    sync_free = performance is not None and performance.sync_free_sampler
+    with for_rollout(pipe, performance):
+        for offset in range(0, len(prompts), sampling.micro_batch_size):
+            chunk = prompts[offset : offset + sampling.micro_batch_size]
+            _, rollout = sample_prompts(
+                pipe,
+                chunk,
+                sampling,
+                num_steps=sampling.eval_num_steps,
+                guidance_scale=sampling.eval_guidance_scale,
+                noise_level=sampling.eval_noise_level,
+                generators=sample_generators(
+                    seed, EVAL_EPOCH_TAG, range(offset, offset + len(chunk))
+                ),
+                sync_free=sync_free,
+            )
+            future = client.submit(rollout.images, chunk, rewards)
+            pair = [(future, rollout.images, chunk)]
+            (matrix,) = wait_for_scores(client, pair, rewards, service)
+            images.append(rollout.images)
+            scores.append(matrix.scores)
     values = np.concatenate(scores, axis=1)
     valid = ~np.isnan(values)
     count = valid.sum(axis=1)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from services.client import RewardClient, ScoreMatrix
-from trainer.config import RewardServiceConfig, SamplingConfig
+from trainer.config import PerformanceConfig, RewardServiceConfig, SamplingConfig
+from trainer.model.fast import for_rollout
 from trainer.model.rollout import PromptEmbeds, Rollout, encode_prompts, sample
 
 logger = logging.getLogger(__name__)
@@ -74,8 +75,14 @@ def sample_prompts(
     guidance_scale: float,
     noise_level: float,
     generators: list[torch.Generator],
+    sync_free: bool = False,
 ) -> tuple[PromptEmbeds, Rollout]:
-    """Encode one micro-batch of prompts and sample one image for each."""
+    """Encode one micro-batch of prompts and sample one image for each.
+
+    ``sync_free``: the sampler's ``performance.sync_free_sampler`` (same numbers, fewer host
+    synchronizations). The other sampling fast paths are set around the phase
+    (:func:`trainer.model.fast.for_rollout`).
+    """
     embeds = encode_prompts(
         pipe,
         prompts,
@@ -90,6 +97,7 @@ def sample_prompts(
         noise_level=noise_level,
         resolution=sampling.resolution,
         generator=generators,
+        sync_free=sync_free,
     )
     return embeds, rollout
 
@@ -160,25 +168,33 @@ def sample_and_score(
     sampling: SamplingConfig,
     rewards: list[str],
     service: RewardServiceConfig,
+    performance: PerformanceConfig | None = None,
 ) -> EpochSamples:
-    """Sample ``samples`` = [(group id, global sample index, prompt)] and score them."""
+    """Sample ``samples`` = [(group id, global sample index, prompt)] and score them.
+
+    ``performance``: the sampling fast paths, set once around all the micro-batches.
+    """
     start = time.perf_counter()
     parts, embeds_parts, pending = [], [], []
-    for offset in range(0, len(samples), sampling.micro_batch_size):
-        chunk = samples[offset : offset + sampling.micro_batch_size]
-        prompts = [p for _, _, p in chunk]
-        embeds, rollout = sample_prompts(
-            pipe,
-            prompts,
-            sampling,
-            num_steps=sampling.num_steps,
-            guidance_scale=sampling.guidance_scale,
-            noise_level=sampling.noise_level,
-            generators=sample_generators(seed, epoch, [i for _, i, _ in chunk]),
-        )
-        pending.append((client.submit(rollout.images, prompts, rewards), rollout.images, prompts))
-        parts.append(rollout.to("cpu"))
-        embeds_parts.append(embeds.to("cpu"))
+    sync_free = performance is not None and performance.sync_free_sampler
+    with for_rollout(pipe, performance):
+        for offset in range(0, len(samples), sampling.micro_batch_size):
+            chunk = samples[offset : offset + sampling.micro_batch_size]
+            prompts = [p for _, _, p in chunk]
+            embeds, rollout = sample_prompts(
+                pipe,
+                prompts,
+                sampling,
+                num_steps=sampling.num_steps,
+                guidance_scale=sampling.guidance_scale,
+                noise_level=sampling.noise_level,
+                generators=sample_generators(seed, epoch, [i for _, i, _ in chunk]),
+                sync_free=sync_free,
+            )
+            future = client.submit(rollout.images, prompts, rewards)
+            pending.append((future, rollout.images, prompts))
+            parts.append(rollout.to("cpu"))
+            embeds_parts.append(embeds.to("cpu"))
     sampled = time.perf_counter()
     tally = ScoringTally(rewards)
     matrices = wait_for_scores(client, pending, rewards, service, tally)

@@ -28,6 +28,7 @@ from trainer.loop.evaluation import evaluate
 from trainer.loop.gradient_conflict import measure_gradient_conflict
 from trainer.loop.rollout_phase import sample_and_score
 from trainer.loop.update import LoraEma, policy_update
+from trainer.model import fast
 from trainer.model.pipeline import (
     add_lora,
     load_lora_state_dict,
@@ -71,6 +72,7 @@ class WorkerLoop:
         torch.manual_seed(t.seed)  # identical base and LoRA init on every worker
         self.pipe = load_pipeline(cfg.model, device)
         add_lora(self.pipe.transformer, cfg.lora, seed=t.seed)
+        fast.prepare(self.pipe, cfg.performance)  # compiled blocks, VAE dtype; off by default
         self.params = lora_parameters(self.pipe.transformer)
         self.optimizer = torch.optim.AdamW(
             self.params, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay
@@ -212,6 +214,7 @@ class WorkerLoop:
             sampling=cfg.sampling,
             rewards=self.rewards,
             service=cfg.reward_service,
+            performance=cfg.performance,
         )
         exchanged = time.perf_counter()
         reply = ray.get(
@@ -226,23 +229,24 @@ class WorkerLoop:
             generator,
         )
         rollout, embeds = data.rollout.to(device), data.embeds.to(device)
-        measured = self._measure_conflict(epoch, reply, rollout, embeds, steps, samples)
-        updating = time.perf_counter()
-        stats = policy_update(
-            self.pipe.transformer,
-            rollout,
-            embeds,
-            torch.as_tensor(reply["advantages"], dtype=torch.float32, device=device),
-            steps,
-            cfg=cfg.training,
-            micro_batch_size=cfg.training.micro_batch_size or cfg.sampling.micro_batch_size,
-            optimizer=self.optimizer,
-            params=self.params,
-            world_size=self.world,
-            sample_indices=[i for _, i, _ in samples],
-            ema=self.ema,
-            optimizer_step_offset=self.optimizer_steps,
-        )
+        with fast.for_update(cfg.performance):
+            measured = self._measure_conflict(epoch, reply, rollout, embeds, steps, samples)
+            updating = time.perf_counter()
+            stats = policy_update(
+                self.pipe.transformer,
+                rollout,
+                embeds,
+                torch.as_tensor(reply["advantages"], dtype=torch.float32, device=device),
+                steps,
+                cfg=cfg.training,
+                micro_batch_size=cfg.training.micro_batch_size or cfg.sampling.micro_batch_size,
+                optimizer=self.optimizer,
+                params=self.params,
+                world_size=self.world,
+                sample_indices=[i for _, i, _ in samples],
+                ema=self.ema,
+                optimizer_step_offset=self.optimizer_steps,
+            )
         self.optimizer_steps += cfg.training.optimizer_steps_per_epoch
         tally = np.stack([data.tally.retries, data.tally.waits])
         retries, waits = self._sum_over_workers(tally, device)
@@ -317,6 +321,7 @@ class WorkerLoop:
                 seed=cfg.training.seed,
                 rewards=self.rewards,
                 service=cfg.reward_service,
+                performance=cfg.performance,
             )
         means = [float(v) for v in result["reward_mean"]]
         if self.eval_base is None:

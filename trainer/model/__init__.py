@@ -6,6 +6,9 @@
 - :mod:`trainer.model.prompts`: :class:`~trainer.model.prompts.PromptEmbeds` and their encoding.
 - :mod:`trainer.model.rollout`: prompt encoding, the SDE sampler that records a trajectory
   (:class:`~trainer.model.rollout.Rollout`) and the training-time recompute of one step's log-prob.
+- :mod:`trainer.model.fast`: the ``performance`` fast paths (compiled blocks, attention kernel,
+  VAE dtype, and the sampling-only rewrites of :mod:`trainer.model.merged`: LoRA merged, q/k/v
+  fused).
 
 See docs/model.md.
 """

@@ -212,6 +212,7 @@ def sample(
     noise_level: float,
     resolution: int,
     generator: Generators = None,
+    sync_free: bool = False,
 ) -> Rollout:
     """Sample one image per row of ``embeds`` with the Flow-GRPO SDE and record the trajectory.
 
@@ -219,6 +220,12 @@ def sample(
     log-probs are zeros. ``generator`` is one CPU generator for the batch, or a list with one
     per row (then a sample does not depend on its batch-mates); noise is drawn on the CPU and
     moved, so a seed gives the same rollout on any device. None uses the global RNG.
+
+    ``sync_free`` (``performance.sync_free_sampler``) gives the same numbers without a host
+    synchronization per step: all the noise is drawn first (the same draws, in the same order)
+    and copied to the device in one non-blocking copy, the timesteps are copied once, and the
+    step's sigmas stay host scalars. Otherwise each step copies its noise and scalars to the
+    device, and each such copy waits until the device has finished the step before.
     """
     gens = generator if isinstance(generator, (list, tuple)) else [generator]
     if any(g is not None and g.device.type != "cpu" for g in gens):
@@ -228,19 +235,26 @@ def sample(
     timesteps, sigmas = make_schedule(pipe, num_steps, resolution)
     side = resolution // pipe.vae_scale_factor
     shape = (len(embeds), transformer.config.in_channels, side, side)
-    x = standard_normal(shape, generator, torch.float32).to(device)
+    if sync_free:
+        draws = 1 + (num_steps if noise_level > 0 else 0)
+        noise = _drawn_up_front(shape, generator, draws, device)
+        x, step_t, step_sigmas = noise[0], timesteps.to(device), list(sigmas)
+    else:
+        x = standard_normal(shape, generator, torch.float32).to(device)
+        step_t, step_sigmas = timesteps, [float(s) for s in sigmas]
     states, log_probs = [x], []
     sigma_max = float(sigmas[1])  # the first sigma below 1 stands in for sigma = 1
     for j in range(num_steps):
-        v = velocity(transformer, x, timesteps[j], embeds, guidance_scale)
+        v = velocity(transformer, x, step_t[j], embeds, guidance_scale)
         step = sde_step(
             x,
             v,
-            float(sigmas[j]),
-            float(sigmas[j + 1]),
+            step_sigmas[j],
+            step_sigmas[j + 1],
             sigma_max=sigma_max,
             noise_level=noise_level,
             generator=generator,
+            noise=noise[j + 1] if sync_free and noise_level > 0 else None,
         )
         x = step.sample
         states.append(x)
@@ -254,6 +268,17 @@ def sample(
         guidance_scale=float(guidance_scale),
         noise_level=float(noise_level),
     )
+
+
+def _drawn_up_front(
+    shape: tuple[int, ...], generator: Generators, draws: int, device: torch.device
+) -> torch.Tensor:
+    """``draws`` successive standard normal draws of ``shape`` (the initial noise, then each
+    step's), exactly as the step-by-step sampler draws them, on ``device`` in one copy."""
+    noise = torch.stack([standard_normal(shape, generator, torch.float32) for _ in range(draws)])
+    if device.type == "cuda":
+        return noise.pin_memory().to(device, non_blocking=True)
+    return noise.to(device)
 
 
 def step_log_prob(
