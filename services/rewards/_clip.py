@@ -19,13 +19,14 @@ from services.rewards._torch.clip import (
     image_embeds,
     text_embeds,
 )
+from services.rewards._torch.fastpath import ClipRuntimeConfig, PixelFn, apply_runtime, pixel_fn
 from services.rewards._torch.pretrained import load_pretrained_clip, model_ref
 from services.rewards._torch.reward import TorchReward
-from services.rewards.base import Image, RewardConfig
+from services.rewards.base import Image
 
 
-class ClipSimilarityConfig(RewardConfig):
-    """Checkpoint, processor and scale of a CLIP similarity reward."""
+class ClipSimilarityConfig(ClipRuntimeConfig):
+    """Checkpoint, processor and scale of a CLIP similarity reward (plus the speed switches)."""
 
     model: str = Field(..., description="Hub id or local dir of the CLIPModel weights")
     revision: str | None = Field(None, description="Hub revision (commit hash) of `model`")
@@ -45,6 +46,7 @@ class ClipSimilarityReward(TorchReward):
     needs_prompt = True
     tiny_model = "CLIP"
     clip: ClipParts
+    pixels: PixelFn
 
     def pretrained_model(self) -> str:
         """The CLIP checkpoint, e.g. ``yuvalkirstain/PickScore_v1``."""
@@ -63,23 +65,32 @@ class ClipSimilarityReward(TorchReward):
                 self.dtype,
             )
         self.clip.model.to(device=self.device, dtype=self.dtype)
+        apply_runtime(self.clip.model, cfg)
+        self.pixels = pixel_fn(cfg, self.clip.preprocess, self.device, self.dtype)
 
     def embed(
         self, images: Sequence[Image], prompts: Sequence[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalized float32 (image, text) embeddings of a batch."""
+        """L2-normalized float32 (image, text) embeddings of a batch.
+
+        The image tower is queued first, so that tokenizing on the host overlaps it on a GPU;
+        each distinct prompt goes through the text tower once (a group shares its prompt).
+        """
         model, dev = self.clip.model, self.device
-        pixels = self.clip.preprocess(images).to(device=dev, dtype=self.dtype)
+        img = image_embeds(model, self.pixels(images)).float()
+        unique = list(dict.fromkeys(prompts))
         text = self.clip.tokenizer(
-            list(prompts),
+            unique,
             padding=True,
             truncation=True,
             max_length=self.config.max_text_len,
             return_tensors="pt",
         )
-        img = image_embeds(model, pixels).float()
         txt = text_embeds(model, text["input_ids"].to(dev), text["attention_mask"].to(dev))
         txt = txt.float()
+        if len(unique) < len(prompts):
+            where = {p: i for i, p in enumerate(unique)}
+            txt = txt[torch.tensor([where[p] for p in prompts], device=dev)]
         return img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
 
     def _score_batch(self, images: Sequence[Image], prompts: Sequence[str | None]) -> torch.Tensor:

@@ -18,9 +18,10 @@ from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from services.rewards._torch.clip import ClipParts, TinyClipSpec, build_tiny_clip, image_embeds
+from services.rewards._torch.fastpath import ClipRuntimeConfig, PixelFn, apply_runtime, pixel_fn
 from services.rewards._torch.pretrained import load_pretrained_clip, model_ref
 from services.rewards._torch.reward import TorchReward
-from services.rewards.base import Image, RewardConfig, register
+from services.rewards.base import Image, register
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,8 @@ def load_mlp_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     }
 
 
-class AestheticConfig(RewardConfig):
-    """CLIP checkpoint and MLP weights of the aesthetic predictor."""
+class AestheticConfig(ClipRuntimeConfig):
+    """CLIP checkpoint and MLP weights of the aesthetic predictor (plus the speed switches)."""
 
     model: str = Field("openai/clip-vit-large-patch14", description="Hub id or local dir of CLIP")
     revision: str | None = Field(None, description="Hub revision (commit hash) of `model`")
@@ -114,6 +115,7 @@ class Aesthetic(TorchReward):
     tiny_model = "CLIP + aesthetic MLP"
     clip: ClipParts
     mlp: AestheticMLP
+    pixels: PixelFn
 
     def pretrained_model(self) -> str:
         """The CLIP checkpoint and the MLP weights file."""
@@ -135,10 +137,11 @@ class Aesthetic(TorchReward):
             self.mlp = AestheticMLP(dim)
             self.mlp.load_state_dict(load_mlp_state_dict(cfg.mlp_weights))
         self.clip.model.to(device=self.device, dtype=self.dtype)
+        apply_runtime(self.clip.model, cfg)
+        self.pixels = pixel_fn(cfg, self.clip.preprocess, self.device, self.dtype)
         # The head stays float32: it is tiny and its inputs are normalized embeddings.
         self.mlp.to(device=self.device).eval()
 
     def _score_batch(self, images: Sequence[Image], prompts: Sequence[str | None]) -> torch.Tensor:
-        pixels = self.clip.preprocess(images).to(device=self.device, dtype=self.dtype)
-        emb = image_embeds(self.clip.model, pixels).float()
+        emb = image_embeds(self.clip.model, self.pixels(images)).float()
         return self.mlp(emb / emb.norm(dim=-1, keepdim=True))

@@ -123,7 +123,7 @@ def test_length_mismatch_raises(loaded, images, name):
 def test_pickscore_formula_matches_direct_computation(loaded, images):
     reward = loaded["pickscore"]
     model, tok = reward.clip.model, reward.clip.tokenizer
-    pixels = reward.clip.preprocess(images)
+    pixels = reward.pixels(images)  # the configured path; test_device_preprocess compares them
     text = tok(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     with torch.no_grad():
         img = model.get_image_features(pixel_values=pixels).pooler_output

@@ -32,13 +32,14 @@ def run_chunked(fn: Callable[..., torch.Tensor], *seqs: Sequence, batch_size: in
     """Call ``fn`` on aligned slices of ``seqs`` of at most ``batch_size`` items.
 
     ``fn`` returns a 1-D tensor per slice; the results are concatenated as float32 on CPU.
+    They stay on the device until every slice is queued, so the host prepares the next
+    slice while the device computes this one (one synchronization per call, not per slice).
     """
     n = len(seqs[0])
     outs = [
-        fn(*(s[i : i + batch_size] for s in seqs)).detach().float().cpu()
-        for i in range(0, n, batch_size)
+        fn(*(s[i : i + batch_size] for s in seqs)).detach().float() for i in range(0, n, batch_size)
     ]
-    return torch.cat(outs) if outs else torch.empty(0)
+    return torch.cat(outs).cpu() if outs else torch.empty(0)
 
 
 def to_scores(values: torch.Tensor, reward: str) -> list[float | None]:
