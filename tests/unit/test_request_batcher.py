@@ -1,4 +1,4 @@
-"""RequestBatcher (services/serving/batcher.py) plain asyncio, no Ray.
+"""RequestBatcher (services/serving/batcher.py) and the deployment that uses it: no Ray.
 
 A fake batch function records every call and can be held open (an ``asyncio.Event``), so
 the tests control exactly when a "model call" is in flight and what arrives meanwhile.
@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
+from services.rewards.base import ModelInfo, RewardConfig, RewardModel
 from services.serving.batcher import BatcherStopped, BatchSizeMismatch, RequestBatcher
+from services.serving.deployment import RewardDeployment
 
 
 class FakeModel:
@@ -234,3 +237,53 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="batch_wait_timeout_s"):
         RequestBatcher(FakeModel(), max_batch_size=1, batch_wait_timeout_s=-1)
 
+
+class Brightness(RewardModel):
+    """Mean pixel / 255; fails a call that contains a pure-black image (no Ray, no weights)."""
+
+    name = "brightness_test"
+    needs_prompt = False
+
+    def __init__(self):
+        super().__init__(RewardConfig())
+        self.calls: list[int] = []
+
+    def model_info(self) -> ModelInfo:
+        return ModelInfo("test brightness (no model)")
+
+    def score(self, images, prompts):
+        self.calls.append(len(images))
+        if any(int(np.asarray(image).max()) == 0 for image in images):
+            raise RuntimeError("black image")
+        return [float(np.asarray(image).mean()) / 255 for image in images]
+
+
+def _image(value: int) -> np.ndarray:
+    return np.full((8, 8, 3), value, dtype=np.uint8)
+
+
+def test_the_deployment_batches_whole_requests_and_maps_errors_per_image():
+    """RewardDeployment without Ray: one model call per gathered batch, errors where due."""
+    model = Brightness()
+    deployment = RewardDeployment({"reward": "colorfulness", "max_batch_size": 4}, model=model)
+    assert deployment.config.batch_wait_timeout_s == 0.0  # the documented default
+
+    async def main():
+        good = [_image(51)] * 6
+        mixed = [_image(255), np.zeros((8, 8, 5), np.uint8), _image(102)]  # arrays: no thread
+        return await asyncio.gather(deployment.score(good), deployment.score(mixed))
+
+    good, mixed = asyncio.run(main())
+    assert [r["score"] for r in good["results"]] == [pytest.approx(0.2)] * 6
+    assert mixed["results"][0]["score"] == pytest.approx(1.0)
+    assert mixed["results"][1]["score"] is None and "shape" in mixed["results"][1]["error"]
+    assert mixed["results"][2]["score"] == pytest.approx(0.4)
+    assert model.calls == [4, 4]  # 6 + 2 decodable images in two calls of at most 4
+    assert deployment.batch_stats() == {"batches": 2, "images": 8, "max_batch_size_seen": 4}
+
+    failed = asyncio.run(deployment.score([_image(0), _image(255)]))
+    assert [r["score"] for r in failed["results"]] == [None, None]
+    assert "failed: black image" in failed["results"][0]["error"]
+    after = asyncio.run(deployment.score([_image(255)]))  # the replica keeps serving
+    assert after["results"][0]["score"] == pytest.approx(1.0)
+    assert deployment.batch_stats()["batches"] == 4
