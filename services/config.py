@@ -71,8 +71,16 @@ class RewardDeploymentConfig(_Strict):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0, description="fractions share a GPU between rewards")
     memory_gb: float | None = Field(None, gt=0)
-    max_batch_size: int = Field(32, ge=1, description="dynamic batching across all callers")
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_batch_size: int = Field(
+        32, ge=1, description="most images per model call, gathered across all callers"
+    )
+    batch_wait_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        description="how long a batch that is not full waits for more images; 0 = run at once "
+        "when idle (under load, requests that arrive during a model call share the next one: "
+        "docs/serving.md, 'Dynamic batching')",
+    )
     max_ongoing_requests: int = Field(
         256, ge=1, description="raised well above the batch size so batches can fill"
     )

@@ -3,7 +3,9 @@
 ``build_app`` applies ``serve.deployment`` to this class, so a unit test can construct it
 without Ray. Every entry point (handles from the trainer, the HTTP and gRPC ingress) ends in
 ``score``, which validates and decodes each image on its own (one bad image is an error for
-that image only), then queues the good ones for ``@serve.batch`` dynamic batching. Its answer
+that image only), then submits the good ones, as one request, to a
+:class:`~services.serving.batcher.RequestBatcher` that runs one model call per gathered batch
+(docs/serving.md, "Dynamic batching", says why not ``@serve.batch``). Its answer
 has the shape of a ``ScoreResponse``: the reward, the model that scored (``model_info``) and
 one result per image, with the reward's own reason where it could not score one, and the
 ``version`` (:func:`config_fingerprint`) that tells an old replica from a new one during a
@@ -23,13 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from ray import serve
 
 from services.config import RewardDeploymentConfig
 from services.errors import InvalidInput, RewardServiceError
 from services.images import ImageLimits, check_image_count, decode_image, validate_prompts
 from services.metrics import RewardMetrics
 from services.rewards.base import UNSCORED, RewardModel, build_reward
+from services.serving.batcher import RequestBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +68,16 @@ class RewardDeployment:
         self.version = config_fingerprint(
             self.config.reward, self.model.config.model_dump(mode="json")
         )
-        self._pending = 0
-        self._batches = 0
-        self._images_batched = 0
-        self._max_batch_seen = 0
         # The model runs off the event loop so that new requests keep joining the queue.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-model")
         self._decoders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="reward-decode")
-        self._score_batch.set_max_batch_size(self.config.max_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+        self._batcher: RequestBatcher[tuple[np.ndarray, str | None], Any] = RequestBatcher(
+            self._score_batch,
+            max_batch_size=self.config.max_batch_size,
+            batch_wait_timeout_s=self.config.batch_wait_timeout_s,
+            on_queue_length=self.metrics.set_queue_length,
+            name=f"reward {self.config.reward!r}",
+        )
 
     async def score(
         self,
@@ -92,18 +95,18 @@ class RewardDeployment:
             )
         results: list[dict[str, Any]] = [{"score": None, "error": None} for _ in images]
         decoded = await self._decode_all(images)
-        jobs, positions = [], []
+        items, positions = [], []
         for i, array in enumerate(decoded):
             if isinstance(array, RewardServiceError):
                 results[i]["error"] = str(array)
                 continue
             prompt = checked_prompts[i] if checked_prompts is not None else None
-            jobs.append(self._score_batch((array, prompt)))
+            items.append((array, prompt))
             positions.append(i)
-        self.metrics.count_error("invalid_input", len(images) - len(jobs))
-        self._pending += len(jobs)
-        self.metrics.set_queue_length(self._pending)
-        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        self.metrics.count_error("invalid_input", len(images) - len(items))
+        outcomes = await self._batcher.submit(items)
+        failed = sum(isinstance(outcome, BaseException) for outcome in outcomes)
+        self.metrics.count_error("model_error", failed)
         for i, outcome in zip(positions, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 results[i]["error"] = f"reward {self.config.reward!r} failed: {outcome}"
@@ -154,29 +157,18 @@ class RewardDeployment:
         except RewardServiceError as exc:
             return exc
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _score_batch(self, items: list[tuple[np.ndarray, str | None]]) -> list[Any]:
-        """One model call for every item queued from any caller (sizes set from config)."""
-        self._pending -= len(items)
-        self.metrics.set_queue_length(self._pending)
-        self._batches += 1
-        self._images_batched += len(items)
-        self._max_batch_seen = max(self._max_batch_seen, len(items))
+        """One model call for a batch the batcher gathered from any callers.
+
+        Exceptions and a wrong score count are the batcher's to map onto that batch's items.
+        """
         arrays = [item[0] for item in items]
         prompts = [item[1] for item in items]
         loop = asyncio.get_running_loop()
-        try:
-            scores = await loop.run_in_executor(self._executor, self.model.score, arrays, prompts)
-        except Exception as exc:
-            logger.exception("reward %r failed on a batch of %d", self.config.reward, len(items))
-            self.metrics.count_error("model_error", len(items))
-            return [exc] * len(items)
-        if len(scores) != len(items):
-            error = RuntimeError(f"model returned {len(scores)} scores for {len(items)} images")
-            self.metrics.count_error("model_error", len(items))
-            return [error] * len(items)
-        self.metrics.observe_batch(scores)
-        return list(scores)
+        scores = await loop.run_in_executor(self._executor, self.model.score, arrays, prompts)
+        if len(scores) == len(items):
+            self.metrics.observe_batch(scores)
+        return scores
 
     def info(self) -> dict[str, Any]:
         """Name, whether prompts are needed, the reward's config and readiness."""
@@ -193,10 +185,11 @@ class RewardDeployment:
 
     def batch_stats(self) -> dict[str, int]:
         """How dynamic batching has grouped this replica's work so far."""
+        stats = self._batcher.stats
         return {
-            "batches": self._batches,
-            "images": self._images_batched,
-            "max_batch_size_seen": self._max_batch_seen,
+            "batches": stats.batches,
+            "images": stats.images,
+            "max_batch_size_seen": stats.max_batch_size_seen,
         }
 
     def check_health(self) -> None:
