@@ -12,8 +12,9 @@ What it measures, on one local Ray with one replica per deployment:
    photo-like. Paths run in interleaved rounds; each reports its fastest call (timeit's
    convention: on a shared machine other processes only add time) and its median.
 2. **Fixed per-call overhead**: the median latency of a batch-1 call (one 64x64 image) to a
-   *light* scorer (the default tiny ``pickscore``) on each path, with the deployment's 10 ms
-   batch wait (``max_batch_size=32``) and without it (``max_batch_size=1``).
+   *light* scorer (the default tiny ``pickscore``) on each path, through the
+   deployment's request batcher (``max_batch_size=32``, ``batch_wait_timeout_s`` as configured,
+   0 by default) and without batching (``max_batch_size=1``).
 3. **Dynamic batching gain**: 64 concurrent single-image callers (asyncio tasks awaiting
    deployment handles) with ``max_batch_size=32`` against the same deployment with
    ``max_batch_size=1``, for two light scorers where per-call cost dominates: the tiny
@@ -230,7 +231,7 @@ def throughput(args, clients: dict) -> dict:
 
 
 def overhead(args, clients: dict) -> dict:
-    """Batch-1 latency of each path on the light scorer, with and without the batch wait."""
+    """Batch-1 latency of each path on the light scorer, batched (max 32) and unbatched (max 1)."""
     from services.rewards.base import build_reward
 
     light = build_reward("pickscore", {"variant": "tiny"})

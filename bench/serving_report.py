@@ -21,9 +21,9 @@ THROUGHPUT_LEGEND = """\
             have no target (other payload formats, measured for comparison)"""
 
 OVERHEAD_LEGEND = """\
-  p50 ms    median latency of a batch-1 call with the deployment's 10 ms batch wait
-            (max_batch_size 32; lower is better)
-  no wait   the same with max_batch_size 1, no batch wait (lower is better)
+  p50 ms    median latency of a batch-1 call through the deployment's request batcher
+            (max_batch_size 32, the configured wait: 0 s by default; lower is better)
+  no wait   the same with max_batch_size 1, no batching at all (lower is better)
   overhead  'no wait' minus in-process: what the path itself adds (lower is better)
   all rows are report only: no target"""
 
