@@ -128,7 +128,11 @@ def _estimate(doc: dict[str, Any], roll_pick, train_pick) -> dict[str, Any]:
     return {
         "status": "ok",
         "label": LABELS.get(doc["settings"]["mode"], ""),
-        "variant": "eager" if {roll_variant, train_variant} == {"eager"} else "fast paths",
+        "variant": (
+            "eager"
+            if roll_variant == train_variant == "eager"
+            else f"rollout {roll_variant}, update {train_variant}"
+        ),
         "rollout_variant": roll_variant,
         "train_variant": train_variant,
         "formula": "epoch = I/r_roll + sum_k I/r_k + (I/b) x t_b, I = G n / W",

@@ -80,8 +80,10 @@ def test_tiny_gpu_check_measures_every_section(ray_cluster, reward_app, tmp_path
     assert est["images_per_gpu"] == 48 * 24 / 8
     parts = est["sampling_s"] + sum(est["scoring_s"].values()) + est["training_s"]
     assert est["epoch_s"] == pytest.approx(parts)
+    used = train if est["train_variant"] == "eager" else sections["fast"]["train"]
+    assert est["train_seconds_per_micro_batch"] == used["seconds_per_micro_batch"]
     assert est["optimizer_step_s"] == pytest.approx(
-        144 / 2 / train["micro_batch"] * train["seconds_per_micro_batch"]
+        144 / 2 / used["micro_batch"] * used["seconds_per_micro_batch"]
     )
 
     # the table is printed last, and names every section
