@@ -25,9 +25,10 @@ section that would not fit is recorded as skipped with the reason):
 Then the diffusers comparison, the epoch estimate at the paper setting on 8 GPUs
 (``bench/gpucheck/report.py``, from the fastest figures measured), the goals of issue "GPU
 throughput" (``bench/gpucheck/goals.py``), a table printed last (goals at its end) and the
-JSON (``--out``). ``--tiny`` runs the same code on a CPU with
-tiny models in about a minute (how the tests keep it working); ``--smoke`` runs the
-full-size code path with one layer per model (a developer check; its numbers mean nothing).
+JSON (``--out``). ``--tiny`` runs the same code on a CPU with tiny models in a minute or two
+(how the tests keep it working; ``torch.compile``'s ``eager`` backend: tracing, no kernels);
+``--smoke`` runs the full-size code path with one layer per model (a developer check; its
+numbers mean nothing).
 
 Run::
 
@@ -290,7 +291,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--tiny", action="store_true", help="tiny models on the CPU (~1 min)")
+    mode.add_argument("--tiny", action="store_true", help="tiny models on the CPU (1-2 min)")
     mode.add_argument(
         "--smoke", action="store_true", help="full-size code path, one layer per model"
     )
