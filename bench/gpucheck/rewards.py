@@ -214,7 +214,8 @@ def measure_in_process(
 
 def measure_rewards(settings: Settings, deadline: float) -> dict[str, Any]:
     """In-process, then through Serve, for every reward; per-reward errors are recorded."""
-    images = make_images(max(settings.reward_batches), settings.reward_image_size, settings.seed)
+    most = max(*settings.reward_batches, *settings.pil_batches)  # a batch never reuses images
+    images = make_images(most, settings.reward_image_size, settings.seed)
     record: dict[str, Any] = {
         "image_size": settings.reward_image_size,
         "batches": list(settings.reward_batches),

@@ -212,6 +212,7 @@ def smoke_settings(device: str, budget_s: float = 600.0) -> Settings:
         group_sizes=(2,),
         train_micro_batch=1,
         reward_batches=(2, 4),
+        pil_batches=(4,),
         reward_image_size=128,
         serve_num_gpus=0.25 if on_gpu else 0.0,
         serve_num_cpus=1.0 if on_gpu else 0.25,

@@ -124,6 +124,8 @@ def score_rates(
     The fastest call is reported (timeit's convention: on a shared machine other processes
     only add time); the median is kept too.
     """
+    if max(batches) > len(images):
+        raise ValueError(f"batch {max(batches)} needs {max(batches)} images, got {len(images)}")
     prompts = [PROMPT] * len(images)
     score(images[: batches[0]], prompts[: batches[0]])  # warm-up: kernels, allocator
     out: dict[str, Any] = {}
