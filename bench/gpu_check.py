@@ -235,7 +235,7 @@ def _sd3_sections(runner: Runner, settings: Settings, peak: float | None) -> Non
         else None
     )
     for name in fast.VARIANTS:
-        chosen = runner.sections.get("fast", {}).get("attention_probe", {}).get("chosen")
+        chosen = runner.sections.get("fast", {}).get("performance", {}).get("attention_backend")
         runner.run(
             name,
             lambda d, name=name, chosen=chosen: fast.measure_variant(

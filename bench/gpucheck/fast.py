@@ -279,10 +279,24 @@ def measure_variant(
             compile_s["train"] = max(0.0, out["first_call_s"] - out["warmup_s"])
         return out
 
-    with fast.for_rollout(pipe, perf):
-        _part("rollout", rollout, record, deadline)
-        if name == "fast_merged":  # the forward that merged sampling runs
-            _part("transformer", lambda: transformer(False), record, deadline)
+    def sampling_parts() -> bool:
+        """Rollouts (and the merged forward) in one for_rollout block; False on an error."""
+        with fast.for_rollout(pipe, perf):
+            _part("rollout", rollout, record, deadline)
+            if record["rollout"]["status"] == "error":
+                return False
+            if name == "fast_merged":  # the forward that merged sampling runs
+                _part("transformer", lambda: transformer(False), record, deadline)
+        return True
+
+    if not sampling_parts() and perf.attention_backend != "auto":
+        # a kernel that passed the probe can still fail inside a compiled graph: one more try
+        # with torch's own choice, so one bad kernel does not cost the whole variant
+        record["attention_fallback"] = {"from": perf.attention_backend, **record["rollout"]}
+        torch._dynamo.reset()
+        perf = variant_config(name, settings, "auto")
+        record["performance"] = perf.model_dump()
+        sampling_parts()
     if name == "fast":
         # projected from the sampling graphs' compilation: the policy's forward + backward
         # graphs cost about twice that, the reference forward (adapter off) about as much
