@@ -2,24 +2,33 @@
 
 Everything runs with random weights in the real architectures (``bench/architectures``), so
 it needs no download, no network and nothing beyond torch, diffusers, transformers, peft and
-ray. Sections, in order, each with a time limit (``--budget-s`` in total, default 450 s; a
+ray. Sections, in order, each with a time limit (``--budget-s`` in total, default 420 s; a
 section that would not fit is recorded as skipped with the reason):
 
 1. ``peak_matmul``: the card's measured matmul peak (bf16 8192^3 in a loop; fp32 on a CPU).
 2. ``build``: SD3.5 Medium (transformer, VAE, CLIP-L, CLIP-G, T5-XXL) + LoRA r32/alpha64.
 3. ``rollout``: images/s of the trainer's sampler call (encode, SDE sampler, CFG 4.5, 10
-   steps, 512 px, decode) at group sizes 8, 16, 24.
-4. ``transformer``: FLOPs and achieved TFLOP/s of one recomputed step, forward and
+   steps, 512 px, decode) at group sizes 8 and 16.
+4. ``diffusers``: diffusers' own ``StableDiffusion3Pipeline.__call__`` on the same pipeline,
+   16 images, same steps, resolution and CFG: the reference of "rollout >= 1.6x diffusers".
+5. ``transformer``: FLOPs and achieved TFLOP/s of one recomputed step, forward and
    forward+backward, against the measured peak.
-5. ``train``: seconds and peak memory of ``policy_update`` over a micro-batch of 8 and the 9
+6. ``train``: seconds and peak memory of ``policy_update`` over a micro-batch of 8 and the 9
    trained timesteps (one optimizer step).
-6. ``rewards``: PickScore, aesthetic and DeQA (size stand-in) images/s at batch 16/32/64,
-   in-process and through a Ray Serve app on the same GPU (fractional GPU).
+7. ``fast``: rollout, transformer and train again with the trainer's fast paths on (regional
+   compile, the fastest attention kernel, bf16 VAE, sync-free sampler), compile time counted.
+8. ``fast_merged``: rollout and transformer forward with the LoRA merged and q/k/v fused too.
+9. ``rewards``: PickScore (preprocess device; pil at batch 64 to compare), aesthetic and DeQA
+   (size stand-in) images/s at batch 16/32/64, in-process and through a Ray Serve app on the
+   same GPU (fractional GPU).
 
-Then the epoch estimate at the paper setting on 8 GPUs (``bench/gpucheck/report.py``), a
-table printed last and the JSON (``--out``). ``--tiny`` runs the same code on a CPU with
-tiny models in about a minute (how the tests keep it working); ``--smoke`` runs the
-full-size code path with one layer per model (a developer check; its numbers mean nothing).
+Then the diffusers comparison, the epoch estimate at the paper setting on 8 GPUs
+(``bench/gpucheck/report.py``, from the fastest figures measured), the goals of issue "GPU
+throughput" (``bench/gpucheck/goals.py``), a table printed last (goals at its end) and the
+JSON (``--out``). ``--tiny`` runs the same code on a CPU with tiny models in a minute or two
+(how the tests keep it working; ``torch.compile``'s ``eager`` backend: tracing, no kernels);
+``--smoke`` runs the full-size code path with one layer per model (a developer check; its
+numbers mean nothing).
 
 Run::
 
@@ -53,7 +62,17 @@ if str(ROOT) not in sys.path:
 from bench.gpucheck.settings import Settings, full_settings, smoke_settings, tiny_settings  # noqa: E402
 
 logger = logging.getLogger("gpu_check")
-SECTIONS = ("peak_matmul", "build", "rollout", "transformer", "train", "rewards")
+SECTIONS = (
+    "peak_matmul",
+    "build",
+    "rollout",
+    "diffusers",
+    "transformer",
+    "train",
+    "fast",
+    "fast_merged",
+    "rewards",
+)
 
 
 def environment(settings: Settings) -> dict[str, Any]:
@@ -150,7 +169,8 @@ def run(settings: Settings) -> dict[str, Any]:
     """Every section, the derived figures and the estimate, as one JSON-ready document."""
     import torch
 
-    from bench.gpucheck import rewards, sd3
+    from bench.gpucheck import rewards, timing
+    from bench.gpucheck.goals import compare_with_diffusers, evaluate_goals
     from bench.gpucheck.report import epoch_estimate
 
     started = time.perf_counter()
@@ -160,27 +180,32 @@ def run(settings: Settings) -> dict[str, Any]:
     doc: dict[str, Any] = {"settings": settings.as_dict(), "environment": environment(settings)}
     runner.run(
         "peak_matmul",
-        lambda _: sd3.matmul_peak(
+        lambda _: timing.matmul_peak(
             settings.device, settings.peak_dtype, settings.peak_n, settings.peak_seconds
         ),
     )
     peak = runner.sections["peak_matmul"].get("tflops")
 
     _sd3_sections(runner, settings, peak)
+    torch._dynamo.reset()  # the compiled blocks' graphs and their memory go with the pipeline
     gc.collect()  # the pipeline is gone: the rewards get the GPU (and their replicas)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     runner.run("rewards", lambda d: rewards.measure_rewards(settings, d))
     doc["sections"] = runner.sections
     derive(doc, peak)
+    doc["comparison"] = compare_with_diffusers(doc)
     doc["estimate"] = epoch_estimate(doc)
+    doc["goals"] = evaluate_goals(doc)
     doc["total_s"] = time.perf_counter() - started
     return doc
 
 
 def _sd3_sections(runner: Runner, settings: Settings, peak: float | None) -> None:
-    """Build, rollout, transformer and train; the pipeline is freed when this returns."""
-    from bench.gpucheck import sd3
+    """Build, rollout, diffusers, transformer, train and the fast paths; the pipeline is freed
+    when this returns. The eager sections come first: the fast ones change the pipeline in
+    place (compiled blocks, bf16 VAE)."""
+    from bench.gpucheck import fast, sd3
 
     def build(_deadline):
         pipe, params = sd3.build_pipeline(settings)
@@ -192,6 +217,7 @@ def _sd3_sections(runner: Runner, settings: Settings, peak: float | None) -> Non
     )
     if kept is None and runner.sections["rollout"].get("status") == "ok":
         runner.sections["rollout"] = {"status": "error", "reason": "no group >= micro-batch"}
+    runner.run("diffusers", lambda d: fast.measure_diffusers(pipe, settings, d), needs=("build",))
     runner.run(
         "transformer",
         lambda d: sd3.measure_transformer(pipe, params, kept, settings, peak, d),
@@ -202,21 +228,38 @@ def _sd3_sections(runner: Runner, settings: Settings, peak: float | None) -> Non
         lambda d: sd3.measure_training(pipe, params, kept, settings, d),
         needs=("rollout",),
     )
+    tr = runner.sections["transformer"]
+    per_sample = (
+        (tr["flops_forward"] / tr["samples"], tr["flops_forward_backward"] / tr["samples"])
+        if tr.get("status") == "ok"
+        else None
+    )
+    for name in fast.VARIANTS:
+        chosen = runner.sections.get("fast", {}).get("performance", {}).get("attention_backend")
+        runner.run(
+            name,
+            lambda d, name=name, chosen=chosen: fast.measure_variant(
+                name, pipe, params, kept, settings, peak, per_sample, d, attention=chosen
+            ),
+            needs=("transformer",),
+        )
 
 
 def derive(doc: dict[str, Any], peak: float | None) -> None:
-    """Achieved TFLOP/s of the rollout and the update, from the counted per-sample FLOPs."""
+    """Achieved TFLOP/s of the rollouts and updates (every variant), from the counted FLOPs."""
+    from bench.gpucheck.goals import variant_parts
+
     s, st = doc["sections"], doc["settings"]
     tr = s["transformer"]
     if tr.get("status") != "ok":
         return
     fwd, fb = tr["flops_forward"] / tr["samples"], tr["flops_forward_backward"] / tr["samples"]
-    for n, rec in s["rollout"].get("groups", {}).items():
-        if "seconds" in rec:
-            rec["achieved_tflops"] = int(n) * st["num_steps"] * fwd / rec["seconds"] / 1e12
-            rec["achieved_of_peak"] = rec["achieved_tflops"] / peak if peak else None
-    train = s["train"]
-    if train.get("status") == "ok":
+    for _, roll in variant_parts(doc, "rollout"):
+        for n, rec in roll.get("groups", {}).items():
+            if "seconds" in rec:
+                rec["achieved_tflops"] = int(n) * st["num_steps"] * fwd / rec["seconds"] / 1e12
+                rec["achieved_of_peak"] = rec["achieved_tflops"] / peak if peak else None
+    for _, train in variant_parts(doc, "train"):
         per_step = fb + (fwd if train["kl_beta"] > 0 else 0.0)  # policy fwd+bwd, reference fwd
         flops = per_step * train["micro_batch"] * train["timesteps"]
         train["achieved_tflops"] = flops / train["seconds_per_micro_batch"] / 1e12
@@ -248,7 +291,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--tiny", action="store_true", help="tiny models on the CPU (~1 min)")
+    mode.add_argument("--tiny", action="store_true", help="tiny models on the CPU (1-2 min)")
     mode.add_argument(
         "--smoke", action="store_true", help="full-size code path, one layer per model"
     )

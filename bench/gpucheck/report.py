@@ -6,15 +6,17 @@ what one GPU measured. With ``I = G n / W`` images per GPU::
     epoch = I / r_roll + sum_k I / r_k + (I / b) * t_b
 
 - ``r_roll``: rollout images/s at the sampler micro-batch the trainer uses (8; the measured
-  group size nearest to it), prompt encoding and VAE decode included;
+  group size nearest to it), prompt encoding and VAE decode included, of the fastest
+  variant measured (the fast paths of ``bench/gpucheck/fast.py`` when they ran);
 - ``r_k``: images/s of reward k through Serve at the smallest measured batch (the trainer
   sends one micro-batch per call), the reward replicas sharing the GPU (fractional GPU), so
   scoring is added, not overlapped with sampling (an upper bound; the overlapped lower bound
-  ``max(sampling, scoring) + training`` is reported too). OCR runs on CPUs and is left out;
+  ``max(sampling, scoring) + training`` is reported too); in-process where a reward was not
+  served (the full run serves PickScore and aesthetic only). OCR runs on CPUs, left out;
 - ``t_b``: seconds of one ``policy_update`` over a micro-batch of ``b`` samples and all
   trained timesteps (policy forward+backward, reference forward, clip, AdamW), so ``I / b``
   of them is the epoch's update (its 2 optimizer steps cost ``I / b`` AdamW steps here:
-  negligible for ~19M LoRA weights).
+  negligible for ~19M LoRA weights), of the fastest variant measured.
 
 Assumed: perfect data parallelism (each GPU does ``I`` images; the LoRA gradient all-reduce,
 ~75 MB per optimizer step, is not counted), no evaluation or checkpoint in the epoch, models
@@ -25,7 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.gpucheck.goals import variant_parts
+
 NA = "n/a"
+Row = tuple[str, str, str, str]
 LABELS = {  # the estimate of a run that did not measure SD3.5 Medium says so
     "tiny": "tiny figures, not SD3.5 Medium",
     "smoke": "smoke figures (one layer per model), not SD3.5 Medium",
@@ -49,16 +54,56 @@ def nearest(measured: dict[str, Any], want: int) -> tuple[int, dict] | None:
     return pick, measured[str(pick)]
 
 
+ESTIMATE_VARIANTS = ("eager", "fast")  # fast_merged is opt-in: it moves the recorded log-probs
+
+
+def _fastest(doc: dict[str, Any], eager_only: bool) -> tuple[Any, Any]:
+    """``((variant, (batch, record)), (variant, train record))``: the fastest measured figures.
+
+    Rollout: among the variants measured nearest the sampler's micro-batch, the one with the
+    most images/s; training: the one with the fewest seconds per sample. Only the eager path
+    and the ``fast`` variant count (``fast_merged`` is opt-in in the trainer); ``eager_only``:
+    the eager path's figures.
+    """
+    allowed = ("eager",) if eager_only else ESTIMATE_VARIANTS
+    want = doc["settings"]["paper"]["sampling_micro_batch"]
+    rolls = [
+        (v, pick)
+        for v, r in variant_parts(doc, "rollout")
+        if v in allowed and (pick := nearest(r.get("groups", {}), want))
+    ]
+    if rolls:  # compare like with like: the batch nearest the micro-batch, then the rate
+        batches = {str(b): {"images_per_s": 1.0} for _, (b, _) in rolls}
+        closest = nearest(batches, want)[0]
+        rolls = [c for c in rolls if c[1][0] == closest]
+    trains = [(v, r) for v, r in variant_parts(doc, "train") if v in allowed]
+    roll = max(rolls, key=lambda c: c[1][1]["images_per_s"], default=None)
+    train = min(
+        trains, key=lambda c: c[1]["seconds_per_micro_batch"] / c[1]["micro_batch"], default=None
+    )
+    return roll, train
+
+
 def epoch_estimate(doc: dict[str, Any]) -> dict[str, Any]:
-    """The formula of the module docstring on this run's figures (or why it cannot run)."""
+    """The formula of the module docstring on this run's fastest figures (or why it cannot run).
+
+    The rollout and update figures come from the fastest variant measured (the fast paths when
+    they ran); ``eager_epoch_s`` is the same formula on the eager figures alone.
+    """
+    best = _estimate(doc, *_fastest(doc, eager_only=False))
+    if best["status"] == "ok":
+        eager = _estimate(doc, *_fastest(doc, eager_only=True))
+        best["eager_epoch_s"] = eager.get("epoch_s")
+    return best
+
+
+def _estimate(doc: dict[str, Any], roll_pick, train_pick) -> dict[str, Any]:
     paper, sections = doc["settings"]["paper"], doc["sections"]
     images = paper["groups"] * paper["group_size"] / paper["workers"]
     missing = []
-    roll = nearest(sections["rollout"].get("groups", {}), paper["sampling_micro_batch"])
-    if not _ok(sections["rollout"]) or roll is None:
+    if roll_pick is None:
         missing.append("rollout")
-    train = sections["train"]
-    if not _ok(train):
+    if train_pick is None:
         missing.append("train")
     rates: dict[str, tuple[int, float, str]] = {}
     rewards = sections["rewards"].get("rewards", {}) if _ok(sections["rewards"]) else {}
@@ -72,6 +117,7 @@ def epoch_estimate(doc: dict[str, Any]) -> dict[str, Any]:
         missing.append("rewards")
     if missing:
         return {"status": "skipped", "reason": f"no {', '.join(missing)} figures"}
+    (roll_variant, roll), (train_variant, train) = roll_pick, train_pick
     b_roll, r_roll = roll[0], roll[1]["images_per_s"]
     b, t_b = train["micro_batch"], train["seconds_per_micro_batch"]
     t_sample = images / r_roll
@@ -82,6 +128,13 @@ def epoch_estimate(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "status": "ok",
         "label": LABELS.get(doc["settings"]["mode"], ""),
+        "variant": (
+            "eager"
+            if roll_variant == train_variant == "eager"
+            else f"rollout {roll_variant}, update {train_variant}"
+        ),
+        "rollout_variant": roll_variant,
+        "train_variant": train_variant,
         "formula": "epoch = I/r_roll + sum_k I/r_k + (I/b) x t_b, I = G n / W",
         "computed": (
             f"I = {paper['groups']}x{paper['group_size']}/{paper['workers']} = {images:g}; "
@@ -131,57 +184,96 @@ def _reason(section: dict) -> str:
     return f"{section.get('status', '?')}: {section.get('reason', '')}"
 
 
-def _rollout_rows(roll: dict, st: dict) -> list[tuple[str, str, str, str]]:
+def _rollout_rows(roll: dict, st: dict, tag: str = "rollout") -> list[Row]:
     rows = []
+    how = f" ({roll['micro_batch']}/call)" if roll.get("micro_batch") else ""
     for n, rec in roll.get("groups", {}).items():
         if "images_per_s" not in rec:
-            rows.append(("rollout", f"SDE sampler, group {n}", NA, _reason(rec)))
+            rows.append((tag, f"SDE sampler, group {n}{how}", NA, _reason(rec)))
             continue
         note = (
             f"{st['num_steps']} steps, CFG {st['guidance_scale']}, {st['resolution']} px; "
             f"{_fmt(rec.get('achieved_tflops'))} TFLOP/s = {_pct(rec.get('achieved_of_peak'))} "
             f"of peak; peak mem {_fmt(rec['peak_memory_gb'])} GB"
         )
-        rows.append(
-            ("rollout", f"SDE sampler, group {n}", f"{_fmt(rec['images_per_s'])} img/s", note)
-        )
-    return rows or [("rollout", "SDE sampler", NA, _reason(roll))]
+        value = f"{_fmt(rec['images_per_s'])} img/s"
+        rows.append((tag, f"SDE sampler, group {n}{how}", value, note))
+    return rows or [(tag, "SDE sampler", NA, _reason(roll))]
 
 
-def _model_rows(s: dict) -> list[tuple[str, str, str, str]]:
+def _transformer_rows(tr: dict, tag: str = "tflops") -> list[Row]:
     rows = []
-    tr = s["transformer"]
     for key, label in (("forward", "forward"), ("forward_backward", "fwd+bwd, LoRA grads")):
         if not _ok(tr):
-            rows.append(("tflops", f"transformer {label}", NA, _reason(tr)))
+            rows.append((tag, f"transformer {label}", NA, _reason(tr)))
             continue
+        if f"{key}_tflops" not in tr:
+            continue  # a merged adapter has no backward
         note = (
             f"{_pct(tr.get(f'{key}_of_peak'))} of peak; {_flops(tr['flops_' + key])} "
             f"per call of {tr['rows']} rows"
         )
-        rows.append(
-            ("tflops", f"transformer {label}", f"{_fmt(tr[f'{key}_tflops'])} TFLOP/s", note)
-        )
-    train = s["train"]
+        rows.append((tag, f"transformer {label}", f"{_fmt(tr[f'{key}_tflops'])} TFLOP/s", note))
+    return rows
+
+
+def _train_rows(train: dict, tag: str = "train") -> list[Row]:
     if not _ok(train):
-        return [*rows, ("train", "policy_update", NA, _reason(train))]
+        return [(tag, "policy_update", NA, _reason(train))]
     label = f"policy_update, {train['micro_batch']} samples x {train['timesteps']} steps"
     note = (
         f"{_fmt(train.get('achieved_tflops'))} TFLOP/s = {_pct(train.get('achieved_of_peak'))} "
         f"of peak; peak mem {_fmt(train['peak_memory_gb'])} GB ({train['peak_memory_kind']})"
     )
-    return [*rows, ("train", label, f"{_fmt(train['seconds_per_micro_batch'])} s", note)]
+    return [(tag, label, f"{_fmt(train['seconds_per_micro_batch'])} s", note)]
+
+
+def _diffusers_rows(doc: dict) -> list[Row]:
+    ref, cmp = doc["sections"]["diffusers"], doc.get("comparison", {})
+    if cmp.get("status") != "ok":
+        return [("diffusers", "StableDiffusion3Pipeline.__call__", NA, _reason(ref))]
+    label = f"StableDiffusion3Pipeline.__call__, {cmp['images']} images"
+    mine = "; ".join(
+        f"{v} {_fmt(r['images_per_s'])} img/s = {r['ratio']:.2f}x ({r['sampled_as']})"
+        for v, r in cmp["project"].items()
+    )
+    value = f"{_fmt(cmp['diffusers_images_per_s'])} img/s"
+    return [("diffusers", label, value, f"project: {mine or NA}")]
+
+
+def _variant_rows(name: str, section: dict, st: dict) -> list[Row]:
+    if not _ok(section):
+        return [(name, "fast paths", NA, _reason(section))]
+    perf = section["performance"]
+    switches = [k for k in ("merge_lora_for_rollouts", "fused_qkv", "sync_free_sampler") if perf[k]]
+    compiled = section["compile_s"]
+    note = (
+        f"compile_blocks ({perf['compile_backend']}), attention {perf['attention_backend']}, "
+        f"vae {perf['vae_dtype']}, {', '.join(switches)}; compile "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in compiled.items() if k != "total")
+    )
+    rows = [(name, "compile (first calls - steady)", f"{_fmt(compiled['total'])} s", note)]
+    rows += _rollout_rows(section.get("rollout", {}), st, name)
+    if "transformer" in section:
+        rows += _transformer_rows(section["transformer"], name)
+    if "train" in section:
+        rows += _train_rows(section["train"], name)
+    return rows
 
 
 def _reward_rows(rw: dict) -> list[tuple[str, str, str, str]]:
     rows = []
     for name, rec in rw.get("rewards", {}).items():
-        for path in ("in_process", "serve"):
-            sub = rec.get(path, {})
+        for path in ("in_process", "in_process_pil", "serve"):
+            if path not in rec:
+                continue
+            sub = rec[path]
             batches = sub.get("batches")
             if batches:
                 value = " / ".join(_fmt(v.get("images_per_s")) for v in batches.values())
                 note = "img/s at batch " + "/".join(batches)
+                if "preprocess" in sub:
+                    note += f"; preprocess {sub['preprocess']}"
                 if name == "deqa" and "deqa_standin_flop_ratio" in rw:
                     note += f"; stand-in = {_pct(rw['deqa_standin_flop_ratio'])} of real FLOPs"
             else:
@@ -234,9 +326,25 @@ def table_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     note = f"LoRA: {build.get('lora_parameters')} weights" if _ok(build) else _reason(build)
     rows.append(("build", "random-weight SD3 + LoRA", f"{_fmt(build.get('section_s'))} s", note))
     rows += _rollout_rows(s["rollout"], st)
-    rows += _model_rows(s)
+    rows += _diffusers_rows(doc)
+    rows += _transformer_rows(s["transformer"])
+    rows += _train_rows(s["train"])
+    for name in ("fast", "fast_merged"):
+        rows += _variant_rows(name, s[name], st)
     rows += _reward_rows(s["rewards"])
     rows += _estimate_rows(doc["estimate"], st)
+    rows += _goal_rows(doc.get("goals", []), st)
+    return rows
+
+
+def _goal_rows(goals: list[dict], st: dict) -> list[Row]:
+    tag = f"[{LABELS[st['mode']]}] " if st["mode"] in LABELS else ""
+    rows = []
+    for g in goals:
+        value = NA if g["value"] is None else f"{_fmt(float(g['value']))} {g['unit']}"
+        where = f" ({g['variant']})" if g["variant"] else ""
+        note = f"{tag}{g['status'].upper()}{where}; {g['note']}"
+        rows.append(("goal", g["description"], value, note))
     return rows
 
 

@@ -15,10 +15,10 @@ be downloaded, so:
   wide (the tiny spec has no MLP width) instead of 4x (vision) and 2.7x (LLaMA), so it does
   ``flop_ratio`` (~0.77) of the real linear-layer FLOPs per image; the record says so.
 
-Serve: one application named ``gpu-check`` (route ``/gpu-check``), one deployment per reward
-with a fraction of the GPU (``num_gpus``), called through ``RewardClient.in_cluster``. An
-already-initialized Ray (the integration tests' cluster) is reused and only this application
-is deleted at the end; otherwise a local Ray is started and shut down.
+PickScore is measured with its default ``preprocess: device`` (uint8 batches resized on the
+GPU) and, at batch 64, with ``preprocess: pil`` (the host path) to compare.
+
+Serve: :mod:`bench.gpucheck.serve`, for the rewards in ``settings.serve_rewards``.
 """
 
 from __future__ import annotations
@@ -26,33 +26,23 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
-import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from bench import architectures as arch
-from bench.common import free_port, make_images
-from bench.gpucheck.settings import PROMPT, Settings
+from bench.common import make_images
+from bench.gpucheck.serve import APP_NAME, measure_served
+from bench.gpucheck.settings import Settings
+from bench.gpucheck.timing import score_rates
 
 logger = logging.getLogger(__name__)
 
 REWARDS = ("pickscore", "aesthetic", "deqa")
-APP_NAME = "gpu-check"
-ROUTE_PREFIX = "/gpu-check"
-# replicas: no download attempts (the checkpoints are local), no progress bars or load reports
-REPLICA_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-}
 VISUAL_TOKENS = 64  # mPLUG-Owl2's visual abstractor output length
 
 
@@ -193,40 +183,13 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def score_rates(
-    score: Callable[[list, list], Sequence[float | None]],
-    images: list[np.ndarray],
-    batches: Sequence[int],
-    deadline: float,
-    reps: int = 3,
-) -> dict[str, Any]:
-    """Images/s of ``score`` per batch size: the fastest of up to ``reps`` calls after a warm-up.
+def measure_in_process(
+    name: str, params: dict, settings: Settings, images, deadline, batches=None
+) -> dict:
+    """Load the reward in this process (as a replica would) and measure ``score``.
 
-    The fastest call is reported (timeit's convention: on a shared machine other processes
-    only add time); the median is kept too.
+    ``batches``: the batch sizes (default: the settings' reward batches).
     """
-    prompts = [PROMPT] * len(images)
-    score(images[: batches[0]], prompts[: batches[0]])  # warm-up: kernels, allocator
-    out: dict[str, Any] = {}
-    for b in batches:
-        times, unscored = [], 0
-        while len(times) < reps and (not times or time.perf_counter() + times[-1] < deadline):
-            start = time.perf_counter()
-            values = score(images[:b], prompts[:b])
-            times.append(time.perf_counter() - start)
-            unscored = sum(v is None or not np.isfinite(v) for v in values)
-        out[str(b)] = {
-            "images_per_s": b / min(times),
-            "best_s": min(times),
-            "median_s": statistics.median(times),
-            "calls": len(times),
-            "unscored": unscored,
-        }
-    return out
-
-
-def measure_in_process(name: str, params: dict, settings: Settings, images, deadline) -> dict:
-    """Load the reward in this process (as a replica would) and measure ``score``."""
     from services.rewards.base import build_reward
 
     start = time.perf_counter()
@@ -240,137 +203,19 @@ def measure_in_process(name: str, params: dict, settings: Settings, images, dead
     record = {
         "load_s": load_s,
         "parameters": sum(p.numel() for p in net.parameters()),
-        "batches": score_rates(model.score, images, settings.reward_batches, deadline),
+        "batches": score_rates(model.score, images, batches or settings.reward_batches, deadline),
     }
+    if "preprocess" in type(model).Config.model_fields:
+        record["preprocess"] = model.config.preprocess
     del model, net, holder
     _free(settings.device)
     return record
 
 
-def services_config(settings: Settings, params: dict[str, dict]):
-    """The ``gpu-check`` Serve application: one deployment per reward, a GPU fraction each."""
-    from services.config import load_services_config
-
-    threads = 1 if settings.tiny else max(1, (os.cpu_count() or 2) // 2)
-    # a replica sees only the GPU Ray gave it, as cuda:0, whatever the driver's index
-    replica_device = "cuda" if settings.device.startswith("cuda") else settings.device
-    deployments = [
-        {
-            "reward": name,
-            "params": {**p, "device": replica_device},
-            "num_cpus": settings.serve_num_cpus,
-            "num_gpus": settings.serve_num_gpus,
-            "max_batch_size": max(settings.reward_batches),
-            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads), **REPLICA_ENV}},
-            "health_check_period_s": 30.0,
-            "health_check_timeout_s": 120.0,
-        }
-        for name, p in params.items()
-    ]
-    return load_services_config(
-        {
-            "app_name": APP_NAME,
-            "log_level": "WARNING",
-            "deployments": deployments,
-            "ingress": {
-                "http_port": free_port(),
-                "grpc_port": 0,
-                "route_prefix": ROUTE_PREFIX,
-                "num_cpus": 0.1,
-            },
-            "limits": {"max_images": max(256, *settings.reward_batches)},
-        }
-    )
-
-
-def _ensure_ray(settings: Settings) -> bool:
-    """Start a local Ray unless one is initialized already; True when this call started it."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 enables token auth
-    import ray
-
-    if ray.is_initialized():
-        return False
-    on_gpu = torch.device(settings.device).type == "cuda"
-    # workers import the services package from this checkout, whatever the working directory
-    root = str(Path(__file__).resolve().parents[2])
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    ray.init(
-        address="local",
-        num_cpus=max(4, os.cpu_count() or 1),
-        num_gpus=torch.cuda.device_count() if on_gpu else 0,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=tempfile.mkdtemp(prefix="gc", dir="/tmp"),  # short: socket path limit
-        runtime_env={"env_vars": {"PYTHONPATH": path}},
-    )
-    return True
-
-
-def _deploy(config, deadline: float) -> float:
-    """Deploy and wait until every replica is up; a TimeoutError past ``deadline``."""
-    from services.serving.app import deploy
-
-    box: dict[str, BaseException] = {}
-
-    def target() -> None:
-        try:
-            deploy(config)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    start = time.perf_counter()
-    thread = threading.Thread(target=target, name="gpu-check-deploy", daemon=True)
-    thread.start()
-    thread.join(timeout=max(1.0, deadline - start))
-    if thread.is_alive():
-        raise TimeoutError(f"the {APP_NAME} app was not up after {deadline - start:.0f} s")
-    if "error" in box:
-        raise box["error"]
-    return time.perf_counter() - start
-
-
-def measure_served(params: dict[str, dict], settings: Settings, images, deadline: float) -> dict:
-    """Deploy the app, measure each reward through ``RewardClient.in_cluster``, clean up.
-
-    The deployment may take three quarters of the time left; the calls get the rest.
-    """
-    from ray import serve
-
-    from services.client import RewardClient
-
-    started_ray = _ensure_ray(settings)
-    out: dict[str, Any] = {}
-    try:
-        now = time.perf_counter()
-        out["deploy_s"] = _deploy(services_config(settings, params), now + 0.75 * (deadline - now))
-        with RewardClient.in_cluster(APP_NAME, timeout_s=300.0) as client:
-            for name in params:
-
-                def score(ims, prompts, name=name):
-                    matrix = client.score(ims, prompts, [name])
-                    if matrix.failures:
-                        raise RuntimeError(f"{name} failed through Serve: {matrix.failures}")
-                    return [None if np.isnan(v) else float(v) for v in matrix.scores[0]]
-
-                out[name] = {
-                    "batches": score_rates(score, images, settings.reward_batches, deadline)
-                }
-    finally:
-        try:
-            serve.delete(APP_NAME)
-        except Exception:  # cleanup must not hide the real error
-            logger.exception("could not delete the %s app", APP_NAME)
-        if started_ray:
-            import ray
-
-            serve.shutdown()
-            ray.shutdown()
-    return out
-
-
 def measure_rewards(settings: Settings, deadline: float) -> dict[str, Any]:
     """In-process, then through Serve, for every reward; per-reward errors are recorded."""
-    images = make_images(max(settings.reward_batches), settings.reward_image_size, settings.seed)
+    most = max(*settings.reward_batches, *settings.pil_batches)  # a batch never reuses images
+    images = make_images(most, settings.reward_image_size, settings.seed)
     record: dict[str, Any] = {
         "image_size": settings.reward_image_size,
         "batches": list(settings.reward_batches),
@@ -390,25 +235,54 @@ def measure_rewards(settings: Settings, deadline: float) -> dict[str, Any]:
         in_process_end = start + 0.4 * (deadline - start)
         per_reward: dict[str, Any] = {}
         for name, p in params.items():
-            try:
-                per_reward[name] = {
-                    "in_process": measure_in_process(name, p, settings, images, in_process_end)
-                }
-            except Exception as exc:
-                logger.exception("reward %s in-process", name)
-                per_reward[name] = {"in_process": _error(exc)}
-                _free(settings.device)
+            per_reward[name] = {
+                "in_process": _guarded(
+                    f"{name} in-process",
+                    settings,
+                    lambda name=name, p=p: measure_in_process(
+                        name, p, settings, images, in_process_end
+                    ),
+                )
+            }
+            if name == "pickscore" and settings.pil_batches:  # the host path, to compare
+                per_reward[name]["in_process_pil"] = _guarded(
+                    "pickscore pil",
+                    settings,
+                    lambda p=p: measure_in_process(
+                        "pickscore",
+                        {**p, "preprocess": "pil"},
+                        settings,
+                        images,
+                        in_process_end,
+                        settings.pil_batches,
+                    ),
+                )
+        served_params = {n: p for n, p in params.items() if n in settings.serve_rewards}
+        for name in set(params) - set(served_params):
+            per_reward[name]["serve"] = _skipped(
+                "not served in this mode (time budget): the estimate uses the in-process rate"
+            )
         try:
-            served = measure_served(params, settings, images, deadline)
+            served = measure_served(served_params, settings, images, deadline)
             record["serve"]["deploy_s"] = served.pop("deploy_s")
-            for name in params:
+            for name in served_params:
                 per_reward[name]["serve"] = served.get(name) or _skipped("no Serve figure")
         except Exception as exc:
             logger.exception("rewards through Serve")
-            for name in params:
+            for name in served_params:
                 per_reward[name].setdefault("serve", _error(exc))
     record["rewards"] = per_reward
     return record
+
+
+def _guarded(what: str, settings: Settings, fn: Callable[[], dict]) -> dict:
+    """``fn()``, or its error recorded (the other rewards are still measured)."""
+    try:
+        return fn()
+    except Exception as exc:
+        logger.exception("reward %s", what)
+        _free(settings.device)
+        return _error(exc)
 
 
 def _error(exc: BaseException) -> dict[str, str]:

@@ -1,121 +1,33 @@
 """The SD3 half of the GPU check, run through the trainer's own functions.
 
-- :func:`matmul_peak`: the card's achievable matmul rate, measured in the same run (a large
-  square matmul in a loop), the yardstick of every TFLOP/s figure.
 - :func:`build_pipeline`: SD3.5 Medium from the committed configs (``bench/architectures``)
   with random weights, or the tiny pipeline of ``trainer/model/tiny.py``; LoRA r32/alpha64
   added with ``trainer.model.pipeline.add_lora``.
 - :func:`measure_rollouts`: ``trainer.loop.rollout_phase.sample_prompts`` (prompt encoding
-  with the three text encoders, the SDE sampler with CFG, the VAE decode) per group size.
+  with the three text encoders, the SDE sampler with CFG, the VAE decode) per group size,
+  in one call or in the trainer's micro-batches.
 - :func:`measure_transformer`: FLOPs of one recomputed step (``step_log_prob``) counted by
   ``torch.utils.flop_counter``, and its forward and forward+backward TFLOP/s.
 - :func:`measure_training`: one ``trainer.loop.update.policy_update`` over a micro-batch and
   the trained timesteps: PPO-clip + KL (the reference forward with LoRA off), backward,
   gradient clipping and the AdamW step.
+
+The same functions measure the fast paths (:mod:`bench.gpucheck.fast` sets them around).
 """
 
 from __future__ import annotations
 
 import logging
-import resource
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from bench import architectures as arch
 from bench.gpucheck.settings import PROMPT, Settings
+from bench.gpucheck.timing import DTYPES, count_flops, peak_memory, reset_peak_memory, timed
 
 logger = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# ---------------------------------------------------------------------------- timing helpers
-
-
-def sync(device: torch.device | str) -> None:
-    """Wait for the device's queued work (CUDA kernels run asynchronously)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device | str) -> tuple[float, Any]:
-    """``(seconds, result)`` of ``fn()``, synchronized on both sides."""
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - start, out
-
-
-def reset_peak_memory(device: torch.device | str) -> None:
-    """Start a fresh peak-memory window (CUDA only; the host counter cannot be reset)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory(device: torch.device | str) -> dict[str, Any]:
-    """Peak memory since the last reset: CUDA allocated bytes, or the process's host RSS peak."""
-    if torch.device(device).type == "cuda":
-        return {
-            "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30,
-            "peak_memory_kind": "cuda max_memory_allocated since the step began",
-        }
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_memory_gb": rss_kb / 2**20, "peak_memory_kind": "host RSS high-water mark"}
-
-
-# ---------------------------------------------------------------------------- peak and FLOPs
-
-
-def matmul_peak(device: str, dtype: str, n: int, seconds: float) -> dict[str, Any]:
-    """Best and mean TFLOP/s of ``n x n @ n x n`` matmuls run back to back for ``seconds``."""
-    dt = DTYPES[dtype]
-    gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dt, generator=gen)
-    b = torch.randn(n, n, device=device, dtype=dt, generator=gen)
-    c = torch.empty(n, n, device=device, dtype=dt)
-    flops = 2 * n**3
-    for _ in range(3):
-        torch.mm(a, b, out=c)
-    chunk, rates, total_s, iters = 10, [], 0.0, 0
-    while total_s < seconds:
-        s, _ = timed(lambda: [torch.mm(a, b, out=c) for _ in range(chunk)], device)
-        rates.append(chunk * flops / s / 1e12)
-        total_s += s
-        iters += chunk
-    return {
-        "dtype": dtype,
-        "n": n,
-        "iterations": iters,
-        "seconds": total_s,
-        "tflops": max(rates),
-        "tflops_mean": iters * flops / total_s / 1e12,
-    }
-
-
-def _cpu_sdpa(q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(q, k, v)
-
-
-def _cpu_sdpa_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out, q, k, v)
-
-
-# torch's FLOP counter knows the CUDA attention kernels but not the CPU one; same formula
-CPU_ATTENTION_FLOPS = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward,
-}
-
-
-def count_flops(fn: Callable[[], Any]) -> tuple[int, Any]:
-    """``(FLOPs, result)`` of ``fn()``: matmuls, convolutions and attention that actually run."""
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
-        out = fn()
-    return counter.get_total_flops(), out
 
 
 # ---------------------------------------------------------------------------- the pipeline
@@ -217,37 +129,61 @@ def sampling_config(settings: Settings, micro_batch: int):
     )
 
 
-def _sample(pipe, settings: Settings, n: int, num_steps: int):
+def sample_group(
+    pipe, settings: Settings, n: int, num_steps: int, *, sync_free: bool = False, micro_batch=None
+):
+    """Sample ``n`` images as the trainer does: calls of ``micro_batch`` (default: one call).
+
+    Returns the first call's ``(embeds, rollout)``.
+    """
     from trainer.loop.rollout_phase import sample_generators, sample_prompts
 
-    return sample_prompts(
-        pipe,
-        [PROMPT] * n,
-        sampling_config(settings, n),
-        num_steps=num_steps,
-        guidance_scale=settings.guidance_scale,
-        noise_level=settings.noise_level,
-        generators=sample_generators(settings.seed, 0, range(n)),
-    )
+    mb = micro_batch or n
+    first = None
+    for offset in range(0, n, mb):
+        rows = range(offset, min(n, offset + mb))
+        out = sample_prompts(
+            pipe,
+            [PROMPT] * len(rows),
+            sampling_config(settings, len(rows)),
+            num_steps=num_steps,
+            guidance_scale=settings.guidance_scale,
+            noise_level=settings.noise_level,
+            generators=sample_generators(settings.seed, 0, rows),
+            sync_free=sync_free,
+        )
+        first = first or out
+    return first
 
 
-def measure_rollouts(pipe, settings: Settings, deadline: float) -> tuple[dict, Any]:
-    """Images/s of one sampler call per group size (encode + SDE sampling + decode).
+def measure_rollouts(
+    pipe,
+    settings: Settings,
+    deadline: float,
+    *,
+    groups: tuple[int, ...] | None = None,
+    micro_batch: int | None = None,
+    sync_free: bool = False,
+) -> tuple[dict, Any]:
+    """Images/s of sampling each group size (encode + SDE sampling + decode).
 
-    Returns the section's record and ``(embeds, rollout)`` of ``train_micro_batch`` samples
-    for the training measurement. A group size whose projected time would pass the deadline
-    is skipped with the projection as its reason.
+    A group is one sampler call, or calls of ``micro_batch`` images as the trainer makes them
+    (``sampling.micro_batch_size``). Returns the section's record and ``(embeds, rollout)`` of
+    ``train_micro_batch`` samples for the training measurement. A group size whose projected
+    time would pass the deadline is skipped with the projection as its reason. The sampling
+    fast paths other than ``sync_free`` are the caller's (``trainer.model.fast.for_rollout``).
     """
-    dev = settings.device
-    warm = min(settings.group_sizes)
-    warm_s, _ = timed(lambda: _sample(pipe, settings, warm, 2), dev)  # kernels, allocator
-    groups: dict[str, Any] = {}
+    dev, sizes = settings.device, groups or settings.group_sizes
+    warm = min(sizes) if micro_batch is None else min(micro_batch, *sizes)
+    kw = {"sync_free": sync_free, "micro_batch": micro_batch}
+    warm_s, _ = timed(lambda: sample_group(pipe, settings, warm, 2, **kw), dev)  # kernels
+    out: dict[str, Any] = {}
     per_image = warm_s / warm * settings.num_steps / 2
     kept = None
-    for n in settings.group_sizes:
+    for n in sizes:
         projected = per_image * n
         if time.perf_counter() + projected > deadline:
-            groups[str(n)] = {
+            out[str(n)] = {
                 "status": "skipped",
                 "reason": f"section time limit: ~{projected:.0f} s projected for group {n}",
             }
@@ -255,15 +191,15 @@ def measure_rollouts(pipe, settings: Settings, deadline: float) -> tuple[dict, A
         reset_peak_memory(dev)
         try:
             seconds, (embeds, rollout) = timed(
-                lambda n=n: _sample(pipe, settings, n, settings.num_steps), dev
+                lambda n=n: sample_group(pipe, settings, n, settings.num_steps, **kw), dev
             )
         except torch.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
-            groups[str(n)] = {"status": "error", "reason": _oom(exc)}
+            out[str(n)] = {"status": "error", "reason": _oom(exc)}
             continue
         per_image = seconds / n
-        groups[str(n)] = {"seconds": seconds, "images_per_s": n / seconds, **peak_memory(dev)}
-        if kept is None and n >= settings.train_micro_batch:
+        out[str(n)] = {"seconds": seconds, "images_per_s": n / seconds, **peak_memory(dev)}
+        if kept is None and len(rollout) >= settings.train_micro_batch:
             rows = list(range(settings.train_micro_batch))
             kept = (embeds.select(rows), rollout.select(rows))
     record = {
@@ -271,14 +207,23 @@ def measure_rollouts(pipe, settings: Settings, deadline: float) -> tuple[dict, A
         "resolution": settings.resolution,
         "num_steps": settings.num_steps,
         "guidance_scale": settings.guidance_scale,
+        "micro_batch": micro_batch,
         "warmup_s": warm_s,
-        "groups": groups,
+        "groups": out,
     }
     return record, kept
 
 
 def measure_transformer(
-    pipe, params, kept, settings: Settings, peak_tflops: float | None, deadline: float
+    pipe,
+    params,
+    kept,
+    settings: Settings,
+    peak_tflops: float | None,
+    deadline: float,
+    *,
+    flops_per_sample: tuple[float, float] | None = None,
+    backward: bool = True,
 ) -> dict:
     """FLOPs and TFLOP/s of one recomputed step on a training micro-batch (CFG: 2x rows).
 
@@ -288,11 +233,18 @@ def measure_transformer(
     frozen layer (about one forward again) plus the small LoRA weight gradients; it is not
     the 3x forward of full fine-tuning. Counted: every matmul, convolution and attention
     kernel that runs (``torch.utils.flop_counter``); elementwise ops and norms are not.
+
+    ``flops_per_sample`` (forward, forward+backward): use these instead of counting, for a
+    compiled transformer (the counter sees eager kernels only); the first call of each is then
+    timed as ``first_*_s`` (compilation included). ``backward=False`` measures the forward
+    only (a merged adapter has no gradient).
     """
     notes = []
     while True:
         try:
-            out = _transformer_rates(pipe, params, kept, settings, peak_tflops, deadline)
+            out = _transformer_rates(
+                pipe, params, kept, settings, peak_tflops, deadline, flops_per_sample, backward
+            )
             return {**out, "notes": notes}
         except torch.OutOfMemoryError as exc:
             for p in params:
@@ -310,7 +262,9 @@ def _oom(exc: BaseException) -> str:
     return f"out of memory: {str(exc).splitlines()[0]}"
 
 
-def _transformer_rates(pipe, params, kept, settings: Settings, peak_tflops, deadline) -> dict:
+def _transformer_rates(
+    pipe, params, kept, settings: Settings, peak_tflops, deadline, given, backward
+) -> dict:
     from trainer.model.rollout import step_log_prob
 
     dev = settings.device
@@ -327,35 +281,48 @@ def _transformer_rates(pipe, params, kept, settings: Settings, peak_tflops, dead
         for p in params:
             p.grad = None
 
-    f_fwd, _ = count_flops(forward)  # also the warm-up of each
-    f_fb, _ = count_flops(forward_backward)
+    calls = {"forward": forward, "forward_backward": forward_backward}
+    if not backward:
+        del calls["forward_backward"]
+    n = len(rollout)
     out: dict[str, Any] = {
-        "rows": 2 * len(rollout) if settings.guidance_scale > 1 else len(rollout),
-        "samples": len(rollout),
-        "flops_forward": f_fwd,
-        "flops_forward_backward": f_fb,
-        "backward_over_forward": (f_fb - f_fwd) / f_fwd,
+        "rows": 2 * n if settings.guidance_scale > 1 else n,
+        "samples": n,
+        "flops_counted": given is None,
     }
-    for key, fn in (("forward", forward), ("forward_backward", forward_backward)):
-        flops = f_fwd if key == "forward" else f_fb
+    flops = {}
+    for key, fn in calls.items():  # the first call of each is also its warm-up
+        if given is None:
+            flops[key], _ = count_flops(fn)
+        else:
+            flops[key] = (given[0] if key == "forward" else given[1]) * n
+            out[f"first_{key}_s"], _ = timed(fn, dev)
+        out[f"flops_{key}"] = flops[key]
+    if backward:
+        out["backward_over_forward"] = flops["forward_backward"] / flops["forward"] - 1
+    for key, fn in calls.items():
         times = []
         while len(times) < 3 and (not times or time.perf_counter() + times[-1] < deadline):
             times.append(timed(fn, dev)[0])
         best = min(times)
         out[f"{key}_s"] = best
-        out[f"{key}_tflops"] = flops / best / 1e12
+        out[f"{key}_tflops"] = flops[key] / best / 1e12
         if peak_tflops:
-            out[f"{key}_of_peak"] = flops / best / 1e12 / peak_tflops
+            out[f"{key}_of_peak"] = flops[key] / best / 1e12 / peak_tflops
     return out
 
 
-def measure_training(pipe, params, kept, settings: Settings, deadline: float) -> dict:
+def measure_training(
+    pipe, params, kept, settings: Settings, deadline: float, *, warmups: int = 1
+) -> dict:
     """Seconds and peak memory of ``policy_update`` over one micro-batch and T timesteps.
 
     That is one optimizer step on ``train_micro_batch`` samples: for each of the trained
     timesteps, the policy forward+backward and the reference forward (KL, LoRA disabled),
-    then gradient clipping and AdamW. A warm-up update on one timestep comes first. On a CUDA
-    out-of-memory error the micro-batch is halved and the error recorded.
+    then gradient clipping and AdamW. ``warmups`` updates on one timestep come first (2 for
+    compiled blocks: the first compiles, the second projects the time; ``first_call_s`` is
+    the first's). On a CUDA out-of-memory error the micro-batch is halved and the error
+    recorded.
     """
     from trainer.config import TrainingConfig
     from trainer.loop.update import policy_update
@@ -389,7 +356,8 @@ def measure_training(pipe, params, kept, settings: Settings, deadline: float) ->
             )
 
         try:
-            warm_s, _ = timed(lambda: update(steps[:1]), dev)
+            warm = [timed(lambda: update(steps[:1]), dev)[0] for _ in range(warmups)]
+            first_s, warm_s = warm[0], warm[-1]
             if time.perf_counter() + warm_s * len(steps) * 1.5 > deadline:
                 return {
                     "status": "skipped",
@@ -412,6 +380,7 @@ def measure_training(pipe, params, kept, settings: Settings, deadline: float) ->
         "timesteps": len(steps),
         "kl_beta": cfg.kl_beta,
         "cfg_in_training": cfg.cfg,
+        "first_call_s": first_s,
         "warmup_s": warm_s,
         "seconds_per_micro_batch": seconds,
         "seconds_per_sample_timestep": seconds / (mb * len(steps)),
