@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -130,9 +131,10 @@ def build(
         manifest["site_bytes"] = pack.tree_size(stage / "site")
         pack.archive(stage, ["site"], out, manifest, compress=True)
     else:
-        (stage / "wheels").mkdir(exist_ok=True)
+        shutil.rmtree(stage / "wheels", ignore_errors=True)  # no wheels of an earlier build
+        (stage / "wheels").mkdir()
         for w in wheels:
-            (stage / "wheels" / w.name).write_bytes(w.read_bytes())
+            shutil.copy2(w, stage / "wheels" / w.name)
         pack.archive(stage, ["wheels"], out, manifest, compress=False)
     timings["pack_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started

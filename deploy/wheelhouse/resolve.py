@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
@@ -249,20 +248,8 @@ def requirement_specifiers(
                 seen.add((name, extra))
                 changed = True
                 for line in packages[name].requires:
-                    req = Requirement(line)
-                    if extra and not _needs_extra(req.marker, extra, target):
-                        continue
-                    add(req, {extra} if extra else set())
+                    add(Requirement(line), {extra} if extra else set())
     return specs
-
-
-def _needs_extra(marker: Marker | None, extra: str, target: Target) -> bool:
-    """True when ``marker`` holds with ``extra`` and not without it (a dependency of the extra)."""
-    if marker is None:
-        return False
-    return marker.evaluate(target.marker_environment(extra)) and not marker.evaluate(
-        target.marker_environment("")
-    )
 
 
 @dataclass
