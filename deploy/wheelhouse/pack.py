@@ -140,13 +140,32 @@ def tree_size(path: Path) -> int:
 
 
 def archive(root: Path, members: list[str], out: Path, manifest: dict, compress: bool) -> Path:
-    """Write ``out``: the manifest first, then ``members`` of ``root``; xz (preset 9) if asked."""
+    """Write ``out``: the manifest first, then ``members`` of ``root``; xz (preset 9) if asked.
+
+    With an ``xz`` command on the PATH it compresses on every core (``-T0``); Python's own
+    lzma, the fallback, uses one (34 min for the 571 MB site tree on a loaded 2-core machine).
+    """
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    kwargs = {"preset": 9} if compress else {}
-    with tarfile.open(tmp, "w:xz" if compress else "w", **kwargs) as tar:
-        for name in [MANIFEST, *members]:
-            tar.add(root / name, arcname=name)
+    names = [MANIFEST, *members]
+    xz = shutil.which("xz") if compress else None
+    if xz:
+        with open(tmp, "wb") as sink:
+            proc = subprocess.Popen([xz, "-9", "-T0", "-c"], stdin=subprocess.PIPE, stdout=sink)
+            with tarfile.open(fileobj=proc.stdin, mode="w|") as tar:
+                _add(tar, root, names)
+            proc.stdin.close()
+            if proc.wait() != 0:
+                raise WheelhouseError(f"xz failed (exit {proc.returncode}) writing {tmp}")
+    else:
+        kwargs = {"preset": 9} if compress else {}
+        with tarfile.open(tmp, "w:xz" if compress else "w", **kwargs) as tar:
+            _add(tar, root, names)
     tmp.replace(out)
     return out
+
+
+def _add(tar: tarfile.TarFile, root: Path, names: list[str]) -> None:
+    for name in names:
+        tar.add(root / name, arcname=name)

@@ -277,6 +277,23 @@ def test_strip_removes_jars_and_rllib_and_reports_sizes(tmp_path):
     assert (site / "ray/serve/api.py").exists() and not (site / "ray/jars").exists()
 
 
+@pytest.mark.parametrize("xz_command", [True, False], ids=["xz command", "python lzma"])
+def test_archive_is_a_tar_xz_with_the_manifest_first(tmp_path, monkeypatch, xz_command):
+    if xz_command and shutil.which("xz") is None:
+        pytest.skip("no xz command")
+    if not xz_command:
+        monkeypatch.setattr(pack.shutil, "which", lambda name: None)
+    stage = tmp_path / "stage"
+    (stage / "site" / "pkg").mkdir(parents=True)
+    (stage / "site" / "pkg" / "__init__.py").write_text("X = 1\n")
+    out = pack.archive(stage, ["site"], tmp_path / "a.tar.xz", {"python": "3.12"}, True)
+    assert not out.with_name("a.tar.xz.partial").exists()
+    with tarfile.open(out, "r:xz") as tar:
+        names = tar.getnames()
+        assert names[0] == "wheelhouse.json" and "site/pkg/__init__.py" in names
+        assert json.load(tar.extractfile("wheelhouse.json")) == {"python": "3.12"}
+
+
 # --- bench/gpu_check.sh --bundle ----------------------------------------------------------
 
 
