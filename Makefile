@@ -16,7 +16,7 @@ SERVE_ARGS ?= --num-cpus 8
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast test-unit test-integration lint format train sample pretrain serve monitor bench proto clean docker
+.PHONY: help setup test test-fast test-unit test-integration lint format train sample pretrain serve monitor bench proto clean docker wheelhouse
 
 help:
 	@echo "make setup   create $(VENV) and install the project (no-op when nothing changed)"
@@ -31,6 +31,7 @@ help:
 	@echo "make bench   run the benchmarks under bench/"
 	@echo "make proto   regenerate services/proto from protos/reward/v1/reward.proto"
 	@echo "make docker  build the images $(DOCKER_IMAGE):<version> (trainer) and :<version>-rewards"
+	@echo "make wheelhouse one archive of what an offline GPU image lacks (PYVER=3.12 PLATFORM=... EXCLUDE_FROM=freeze)"
 
 setup: $(STAMP)
 
@@ -98,6 +99,25 @@ docker:
 	@docker info >/dev/null 2>&1 || { echo "make docker: no Docker engine is reachable ('docker info' failed); start one or set DOCKER_HOST" >&2; exit 1; }
 	docker build -f docker/Dockerfile --build-arg TORCH_VERSION=$(TORCH_VERSION) --target trainer -t $(DOCKER_IMAGE):$(DOCKER_VERSION) .
 	docker build -f docker/Dockerfile --build-arg TORCH_VERSION=$(TORCH_VERSION) --target rewards -t $(DOCKER_IMAGE):$(DOCKER_VERSION)-rewards .
+
+# What an air-gapped GPU image lacks to run the GPU check, in one archive for
+# `bash bench/gpu_check.sh --bundle FILE` (docs/deployment.md, "Air-gapped GPU nodes").
+# PYVER is the target's Python. `PY=3.12` works too: a bare version given as PY on the command
+# line is read as PYVER, and PY stays the venv's interpreter (any other PY keeps its meaning).
+ifeq ($(origin PY),command line)
+ifneq ($(filter 3.%,$(PY)),)
+PYVER := $(PY)
+override PY := $(VENV)/bin/python
+endif
+endif
+PYVER ?= 3.12
+PLATFORM ?= manylinux_2_28_x86_64
+EXCLUDE_FROM ?=
+# site: an unpacked site tree, stripped, xz (the default); wheels: the wheels, in a tar
+WHEELHOUSE_FORMAT ?= site
+
+wheelhouse: setup
+	$(PY) -m deploy.wheelhouse --python-version $(PYVER) --platform $(PLATFORM) --format $(WHEELHOUSE_FORMAT) $(if $(EXCLUDE_FROM),--exclude-from $(EXCLUDE_FROM)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis results
