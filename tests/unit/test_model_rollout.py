@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.unit.diffusers_reference import diffusers_ode_latents
 from trainer.config import LoraConfig, ModelConfig, TinyModelConfig
 from trainer.model.pipeline import (
     ModelLoadError,
@@ -76,19 +77,7 @@ def tiny():
 
 def _diffusers_ode_latents(pipe, e, noise):
     """Final latents of diffusers' own ``StableDiffusion3Pipeline.__call__`` from ``noise``."""
-    with torch.no_grad():
-        return pipe(
-            prompt_embeds=e.prompt_embeds,
-            pooled_prompt_embeds=e.pooled_prompt_embeds,
-            negative_prompt_embeds=e.negative_prompt_embeds,
-            negative_pooled_prompt_embeds=e.negative_pooled_prompt_embeds,
-            latents=noise.clone(),
-            num_inference_steps=STEPS,
-            guidance_scale=CFG,
-            height=RES,
-            width=RES,
-            output_type="latent",
-        ).images
+    return diffusers_ode_latents(pipe, e, noise, steps=STEPS, guidance=CFG, resolution=RES)
 
 
 def _sample(t, seed, **kw):
