@@ -132,6 +132,13 @@ class SamplingConfig(Section):
     eval_guidance_scale: float = Field(4.5, ge=1, description="CFG scale in evaluation")
     noise_level: float = Field(0.7, ge=0, description="SDE noise level a in rollouts")
     eval_noise_level: float = Field(0.0, ge=0, description="noise level in evaluation (ODE)")
+    sde_window: int | None = Field(
+        None,
+        ge=1,
+        description="SDE (and training) on only this many consecutive steps, a window drawn "
+        "each epoch among the trained steps, the ODE elsewhere (MixGRPO, Flow-GRPO-Fast); "
+        "None: every step is SDE (Flow-GRPO)",
+    )
     max_sequence_length: int = Field(128, ge=1, le=512, description="T5 prompt tokens")
     micro_batch_size: int = Field(8, ge=1, description="images per sampler call per worker")
 
@@ -425,6 +432,7 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:
         problems = _batch_problems(self) + _balancer_problems(self) + _resolution_problems(self)
+        problems += _window_problems(self)
         problems += performance_problems(
             self.performance, self.lora.target_modules, self.scaling.use_gpu
         )
@@ -444,6 +452,18 @@ def _batch_problems(cfg: TrainConfig) -> list[str]:
         train_mb=t.micro_batch_size,
     )
     return [problem] if problem else []
+
+
+def _window_problems(cfg: TrainConfig) -> list[str]:
+    window, steps = cfg.sampling.sde_window, cfg.sampling.num_steps
+    trained = cfg.training.train_timesteps(steps)
+    if window is None or window <= trained:
+        return []
+    return [
+        f"sampling.sde_window = {window} exceeds the {trained} trained steps "
+        f"(floor(training.timestep_fraction x sampling.num_steps {steps})); set sde_window <= "
+        f"{trained}"
+    ]
 
 
 def _balancer_problems(cfg: TrainConfig) -> list[str]:

@@ -76,8 +76,12 @@ def sample_prompts(
     noise_level: float,
     generators: list[torch.Generator],
     sync_free: bool = False,
+    sde_steps: Sequence[int] | None = None,
 ) -> tuple[PromptEmbeds, Rollout]:
     """Encode one micro-batch of prompts and sample one image for each.
+
+    ``sde_steps``: the epoch's SDE window (:func:`trainer.model.rollout.sde_window_steps`);
+    None: every step is SDE.
 
     ``sync_free``: the sampler's ``performance.sync_free_sampler`` (same numbers, fewer host
     synchronizations). The other sampling fast paths are set around the phase
@@ -98,6 +102,7 @@ def sample_prompts(
         resolution=sampling.resolution,
         generator=generators,
         sync_free=sync_free,
+        sde_steps=sde_steps,
     )
     return embeds, rollout
 
@@ -169,10 +174,12 @@ def sample_and_score(
     rewards: list[str],
     service: RewardServiceConfig,
     performance: PerformanceConfig | None = None,
+    sde_steps: Sequence[int] | None = None,
 ) -> EpochSamples:
     """Sample ``samples`` = [(group id, global sample index, prompt)] and score them.
 
     ``performance``: the sampling fast paths, set once around all the micro-batches.
+    ``sde_steps``: the epoch's SDE window (the same for every micro-batch); None: all steps.
     """
     start = time.perf_counter()
     parts, embeds_parts, pending = [], [], []
@@ -190,6 +197,7 @@ def sample_and_score(
                 noise_level=sampling.noise_level,
                 generators=sample_generators(seed, epoch, [i for _, i, _ in chunk]),
                 sync_free=sync_free,
+                sde_steps=sde_steps,
             )
             future = client.submit(rollout.images, prompts, rewards)
             pending.append((future, rollout.images, prompts))

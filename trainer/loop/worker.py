@@ -37,7 +37,7 @@ from trainer.model.pipeline import (
     save_lora,
 )
 from trainer.model.pipeline import lora_state_dict as lora_weights
-from trainer.model.rollout import train_step_indices
+from trainer.model.rollout import sde_window_steps, train_step_indices
 from trainer.outputs.evaluation_metrics import eval_summary
 from trainer.outputs.images import save_image_grid
 from trainer.outputs.run_folder import LORA_DIR
@@ -205,6 +205,13 @@ class WorkerLoop:
         start = time.perf_counter()
         groups = self.sampler.worker_groups(epoch, self.rank, self.world)
         samples = [(gid, gid * n + j, prompt) for gid, prompt in groups for j in range(n)]
+        generator = torch.Generator().manual_seed(cfg.training.seed * 1_000_003 + epoch)
+        trained = cfg.training.train_timesteps(cfg.sampling.num_steps)
+        if cfg.sampling.sde_window is None:  # Flow-GRPO: every step SDE, the first `trained`
+            window, steps = None, train_step_indices(cfg.sampling.num_steps, trained, generator)
+        else:  # MixGRPO / Flow-GRPO-Fast: SDE and training on this epoch's window only
+            window = sde_window_steps(trained, cfg.sampling.sde_window, generator)
+            steps = window
         data = sample_and_score(
             self.pipe,
             self.client,
@@ -215,6 +222,7 @@ class WorkerLoop:
             rewards=self.rewards,
             service=cfg.reward_service,
             performance=cfg.performance,
+            sde_steps=None if window is None else window.tolist(),
         )
         exchanged = time.perf_counter()
         reply = ray.get(
@@ -222,12 +230,6 @@ class WorkerLoop:
         )
         balanced = time.perf_counter()
         device = self.pipe.transformer.device
-        generator = torch.Generator().manual_seed(cfg.training.seed * 1_000_003 + epoch)
-        steps = train_step_indices(
-            cfg.sampling.num_steps,
-            cfg.training.train_timesteps(cfg.sampling.num_steps),
-            generator,
-        )
         rollout, embeds = data.rollout.to(device), data.embeds.to(device)
         with fast.for_update(cfg.performance):
             measured = self._measure_conflict(epoch, reply, rollout, embeds, steps, samples)

@@ -17,6 +17,7 @@ reproduces a rollout on any device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -36,6 +37,7 @@ __all__ = [
     "encode_prompts",
     "make_schedule",
     "sample",
+    "sde_window_steps",
     "step_log_prob",
     "train_step_indices",
     "velocity",
@@ -52,6 +54,8 @@ class Rollout:
     initial noise, ``latents[:, T]`` the final latents); ``log_probs[:, j]`` is
     ``log p(latents[:, j+1] | latents[:, j])``; ``timesteps[j]`` is the scheduler's ``t`` given
     to the transformer and ``sigmas[j] -> sigmas[j+1]`` the step's noise levels.
+    ``sde_steps``: the steps that drew noise (an SDE window, ``sampling.sde_window``); the
+    others were ODE steps with log-prob 0 and nothing to train. None: every step was SDE.
     """
 
     latents: torch.Tensor  # [B, T+1, C, h, w] float32
@@ -61,6 +65,7 @@ class Rollout:
     images: np.ndarray  # [B, H, W, 3] uint8
     guidance_scale: float
     noise_level: float
+    sde_steps: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -107,10 +112,13 @@ class Rollout:
             same = (
                 p.guidance_scale == first.guidance_scale
                 and p.noise_level == first.noise_level
+                and p.sde_steps == first.sde_steps
                 and torch.equal(p.sigmas.cpu(), first.sigmas.cpu())
             )
             if not same:
-                raise ValueError("rollouts differ in schedule, guidance scale or noise level")
+                raise ValueError(
+                    "rollouts differ in schedule, guidance scale, noise level or SDE window"
+                )
         return replace(
             first,
             latents=torch.cat([p.latents for p in parts]),
@@ -213,6 +221,7 @@ def sample(
     resolution: int,
     generator: Generators = None,
     sync_free: bool = False,
+    sde_steps: Sequence[int] | None = None,
 ) -> Rollout:
     """Sample one image per row of ``embeds`` with the Flow-GRPO SDE and record the trajectory.
 
@@ -235,9 +244,11 @@ def sample(
     timesteps, sigmas = make_schedule(pipe, num_steps, resolution)
     side = resolution // pipe.vae_scale_factor
     shape = (len(embeds), transformer.config.in_channels, side, side)
+    window = _check_window(sde_steps, num_steps)
+    levels = [noise_level if window is None or j in window else 0.0 for j in range(num_steps)]
+    noisy = [j for j in range(num_steps) if levels[j] > 0]
     if sync_free:
-        draws = 1 + (num_steps if noise_level > 0 else 0)
-        noise = _drawn_up_front(shape, generator, draws, device)
+        noise = _drawn_up_front(shape, generator, 1 + len(noisy), device)
         x, step_t, step_sigmas = noise[0], timesteps.to(device), list(sigmas)
     else:
         x = standard_normal(shape, generator, torch.float32).to(device)
@@ -252,9 +263,9 @@ def sample(
             step_sigmas[j],
             step_sigmas[j + 1],
             sigma_max=sigma_max,
-            noise_level=noise_level,
+            noise_level=levels[j],
             generator=generator,
-            noise=noise[j + 1] if sync_free and noise_level > 0 else None,
+            noise=noise[1 + noisy.index(j)] if sync_free and levels[j] > 0 else None,
         )
         x = step.sample
         states.append(x)
@@ -267,7 +278,34 @@ def sample(
         images=decode_latents(pipe, x),
         guidance_scale=float(guidance_scale),
         noise_level=float(noise_level),
+        sde_steps=window,
     )
+
+
+def _check_window(sde_steps: Sequence[int] | None, num_steps: int) -> tuple[int, ...] | None:
+    """``sde_steps`` as a sorted tuple of distinct steps in ``[0, num_steps)``; names bad ones."""
+    if sde_steps is None:
+        return None
+    window = tuple(sorted({int(j) for j in sde_steps}))
+    if not window:
+        raise ValueError("sde_steps is empty: give at least one SDE step, or None for all")
+    bad = [j for j in window if not 0 <= j < num_steps]
+    if bad:
+        raise ValueError(f"sde_steps {bad} outside the sampler's steps [0, {num_steps})")
+    return window
+
+
+def sde_window_steps(
+    train_count: int, window: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The SDE window of one epoch: ``window`` consecutive steps starting uniformly at random
+    in ``[0, train_count - window]`` (MixGRPO / Flow-GRPO-Fast: SDE and training on 1-2 steps,
+    the ODE elsewhere). Seed ``generator`` by epoch so that every worker draws the same window.
+    """
+    if not 1 <= window <= train_count:
+        raise ValueError(f"window must be in [1, {train_count}] (the trained steps), got {window}")
+    start = int(torch.randint(train_count - window + 1, (1,), generator=generator))
+    return torch.arange(start, start + window)
 
 
 def _drawn_up_front(
@@ -319,6 +357,7 @@ def step_log_prob(
         x, x_next = rollout.latents[:, j], rollout.latents[:, j + 1]
         sigma, sigma_next = float(rollout.sigmas[j]), float(rollout.sigmas[j + 1])
         t = rollout.timesteps[j]
+    _check_trainable(rollout, j)
     # a rollout kept in host memory is fine: only this micro-batch moves to the model
     x, x_next = x.to(transformer.device), x_next.to(transformer.device)
     v = velocity(transformer, x, t, embeds, guidance_scale)
@@ -331,6 +370,19 @@ def step_log_prob(
         noise_level=noise_level,
         prev_sample=x_next,
     )
+
+
+def _check_trainable(rollout: Rollout, step: int | torch.Tensor) -> None:
+    """Raise when a step outside the rollout's SDE window is asked for (it has no log-prob)."""
+    if rollout.sde_steps is None:
+        return
+    asked = step.tolist() if isinstance(step, torch.Tensor) else [step]
+    odd = sorted(set(asked) - set(rollout.sde_steps))
+    if odd:
+        raise ValueError(
+            f"steps {odd} were ODE steps of this rollout (SDE window {list(rollout.sde_steps)}): "
+            "they have no log-prob to train"
+        )
 
 
 def train_step_indices(
