@@ -4,6 +4,7 @@ few consecutive steps, the deterministic ODE step everywhere else."""
 import pytest
 import torch
 
+from tests.unit.test_model_rollout import CFG, NOISE, PROMPTS, RES, SEQ, STEPS, TINY
 from trainer.config import load_config
 from trainer.model.pipeline import load_pipeline
 from trainer.model.rollout import (
@@ -13,7 +14,6 @@ from trainer.model.rollout import (
     sde_window_steps,
     step_log_prob,
 )
-from tests.unit.test_model_rollout import CFG, NOISE, PROMPTS, RES, SEQ, STEPS, TINY
 
 
 @pytest.fixture(scope="module")
