@@ -41,7 +41,7 @@ def test_only_the_window_draws_noise_and_has_log_probs(pipe_and_embeds):
     assert not torch.allclose(windowed.latents[:, 3], ode.latents[:, 3])
     assert bool((windowed.log_probs[:, [0, 3]] == 0).all())
     assert bool((windowed.log_probs[:, [1, 2]] != 0).all())
-    # outside the window a step is the ODE step from the state it was given
+    # a window step's log-prob is recomputed exactly from the recorded states
     last = step_log_prob(pipe.transformer, windowed, 2, embeds)
     torch.testing.assert_close(last.log_prob, windowed.log_probs[:, 2], atol=1e-4, rtol=0)
     # a different seed changes the window's noise only
