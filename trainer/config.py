@@ -172,6 +172,18 @@ class TrainingConfig(Section):
         description="KL denominator: flow_grpo 2 std_t^2 (method.md, the paper's beta); "
         "exact 2 std_t^2 |dt| (the step Gaussians' KL, 1/|dt| larger)",
     )
+    policy_loss: Literal["flow_grpo", "nft"] = Field(
+        "flow_grpo",
+        description="flow_grpo: PPO-clip on the SDE steps' log-prob ratios + KL (the paper); "
+        "nft: DiffusionNFT's forward-process loss on the final samples (docs/learning.md)",
+    )
+    nft_beta: float = Field(1.0, gt=0, description="nft: mixing strength b of v+ and v-")
+    nft_adv_clip: float = Field(
+        5.0, gt=0, description="nft: advantages are clipped to +-c and mapped to r in [0, 1]"
+    )
+    nft_kl_beta: float = Field(
+        0.0, ge=0, description="nft: weight of mean (v_theta - v_ref)^2 to the base model"
+    )
     skip_zero_advantages: bool = Field(
         True, description="leave samples with advantage exactly 0 out of the loss (Flow-GRPO)"
     )

@@ -153,10 +153,7 @@ def policy_update(
     spread under ``static``) is left out of the loss, its KL term included, as Flow-GRPO does;
     an optimizer step left with no sample moves nothing but still counts in the schedules.
     """
-    n = len(rollout)
-    steps = cfg.optimizer_steps_per_epoch
-    index = torch.as_tensor(list(range(n)) if sample_indices is None else list(sample_indices))
-    chunks = [torch.nonzero(index % steps == k).flatten() for k in range(steps)]
+    chunks = optimizer_step_chunks(len(rollout), cfg.optimizer_steps_per_epoch, sample_indices)
     guidance = rollout.guidance_scale if cfg.cfg else 1.0
     sums = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
     grad_norms = []
@@ -192,15 +189,45 @@ def policy_update(
                 for key in sums:
                     sums[key] += float(getattr(out, key).detach())
                 terms += 1
-        all_reduce_gradients(params, world_size)
-        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
-        for group in optimizer.param_groups:
-            group["lr"] = warmup_lr(cfg.lr, optimizer_step_offset + k, cfg.lr_warmup_steps)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step = optimizer_step_offset + k
-        if ema is not None and (step + 1) % cfg.ema_update_every == 0:
-            ema.update(step)
+        grad_norms.append(
+            optimizer_step(optimizer, params, cfg, world_size, optimizer_step_offset + k, ema=ema)
+        )
+    return epoch_stats(sums, terms, grad_norms)
+
+
+def optimizer_step_chunks(
+    n: int, steps: int, sample_indices: Sequence[int] | None = None
+) -> list[torch.Tensor]:
+    """The local rows of each optimizer step: step ``k`` takes the samples whose global index
+    ``s`` (``sample_indices``, default ``0..n-1``) has ``s % steps == k``."""
+    index = torch.as_tensor(list(range(n)) if sample_indices is None else list(sample_indices))
+    return [torch.nonzero(index % steps == k).flatten() for k in range(steps)]
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.nn.Parameter],
+    cfg: TrainingConfig,
+    world_size: int,
+    step: int,
+    *,
+    ema: LoraEma | None = None,
+) -> float:
+    """Average the gradients over workers, clip them, step with the warm-up learning rate of
+    global optimizer step ``step``, zero them and update the EMA; returns the gradient norm."""
+    all_reduce_gradients(params, world_size)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    for group in optimizer.param_groups:
+        group["lr"] = warmup_lr(cfg.lr, step, cfg.lr_warmup_steps)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None and (step + 1) % cfg.ema_update_every == 0:
+        ema.update(step)
+    return grad_norm
+
+
+def epoch_stats(sums: dict[str, float], terms: int, grad_norms: Sequence[float]) -> UpdateStats:
+    """:class:`UpdateStats` from summed loss terms and each optimizer step's gradient norm."""
     means = {key: value / max(terms, 1) for key, value in sums.items()}
     finite = [g for g in grad_norms if math.isfinite(g)]
     return UpdateStats(grad_norm=sum(finite) / max(len(finite), 1), **means)

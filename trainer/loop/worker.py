@@ -26,6 +26,7 @@ from trainer.loop import checkpoint as ckpt_io
 from trainer.loop.data import PromptSampler, load_prompts
 from trainer.loop.evaluation import evaluate
 from trainer.loop.gradient_conflict import measure_gradient_conflict
+from trainer.loop.nft_update import nft_update
 from trainer.loop.rollout_phase import sample_and_score
 from trainer.loop.update import LoraEma, policy_update
 from trainer.model import fast
@@ -234,7 +235,9 @@ class WorkerLoop:
         with fast.for_update(cfg.performance):
             measured = self._measure_conflict(epoch, reply, rollout, embeds, steps, samples)
             updating = time.perf_counter()
-            stats = policy_update(
+            nft = cfg.training.policy_loss == "nft"
+            update = nft_update if nft else policy_update
+            stats = update(
                 self.pipe.transformer,
                 rollout,
                 embeds,
@@ -248,6 +251,7 @@ class WorkerLoop:
                 sample_indices=[i for _, i, _ in samples],
                 ema=self.ema,
                 optimizer_step_offset=self.optimizer_steps,
+                **({"seed": cfg.training.seed * 1_000_003 + epoch} if nft else {}),
             )
         self.optimizer_steps += cfg.training.optimizer_steps_per_epoch
         tally = np.stack([data.tally.retries, data.tally.waits])
