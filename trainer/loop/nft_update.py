@@ -23,9 +23,9 @@ from trainer.loop.update import (
     LoraEma,
     UpdateStats,
     epoch_stats,
-    global_count,
     optimizer_step,
     optimizer_step_chunks,
+    step_samples,
 )
 from trainer.model.pipeline import lora_disabled
 from trainer.model.rollout import PromptEmbeds, Rollout, velocity
@@ -107,10 +107,7 @@ def nft_update(
     sums = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
     grad_norms, terms = [], 0
     for k, chunk in enumerate(chunks):
-        if cfg.skip_zero_advantages:
-            chunk = chunk[advantages[chunk.to(advantages.device)].cpu() != 0]
-        count = global_count(len(chunk), world_size, params[0].device)
-        weight = world_size / (max(count, 1) * draws)
+        chunk, weight = step_samples(chunk, advantages, cfg, world_size, params[0].device, draws)
         for mb in chunk.split(micro_batch_size) if len(chunk) else ():
             part_embeds, adv = embeds.select(mb), advantages[mb.to(advantages.device)]
             for d in range(draws):

@@ -159,12 +159,9 @@ def policy_update(
     grad_norms = []
     terms = 0
     for k, chunk in enumerate(chunks):
-        if cfg.skip_zero_advantages:
-            chunk = chunk[advantages[chunk] != 0]
-        # every worker's gradient is averaged, so weighting by the global count makes the step
-        # the mean over all the step's samples however they are split
-        count = global_count(len(chunk), world_size, params[0].device)
-        weight = world_size / (max(count, 1) * len(step_indices))
+        chunk, weight = step_samples(
+            chunk, advantages, cfg, world_size, params[0].device, len(step_indices)
+        )
         for mb in chunk.split(micro_batch_size) if len(chunk) else ():
             part, part_embeds, adv = rollout.select(mb), embeds.select(mb), advantages[mb]
             for j in step_indices.tolist():
@@ -202,6 +199,26 @@ def optimizer_step_chunks(
     ``s`` (``sample_indices``, default ``0..n-1``) has ``s % steps == k``."""
     index = torch.as_tensor(list(range(n)) if sample_indices is None else list(sample_indices))
     return [torch.nonzero(index % steps == k).flatten() for k in range(steps)]
+
+
+def step_samples(
+    chunk: torch.Tensor,
+    advantages: torch.Tensor,
+    cfg: TrainingConfig,
+    world_size: int,
+    device: torch.device | str,
+    terms_per_sample: int,
+) -> tuple[torch.Tensor, float]:
+    """An optimizer step's rows and the weight of each sample's loss term.
+
+    With ``cfg.skip_zero_advantages`` rows whose advantage is exactly 0 are dropped. Every
+    worker's gradient is averaged, so weighting by the global count makes the step the mean
+    over all the step's samples (and their ``terms_per_sample`` terms) however they are split.
+    """
+    if cfg.skip_zero_advantages:
+        chunk = chunk[(advantages[chunk.to(advantages.device)] != 0).cpu()]
+    count = global_count(len(chunk), world_size, device)
+    return chunk, world_size / (max(count, 1) * terms_per_sample)
 
 
 def optimizer_step(
