@@ -161,6 +161,14 @@ class TrainingConfig(Section):
     lr_warmup_steps: int = Field(
         0, ge=0, description="optimizer steps of linear lr warm-up: step k uses lr (k+1)/N; 0: none"
     )
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="after the warm-up: constant lr, or a cosine decay to lr x lr_final_ratio "
+        "at the last optimizer step (epochs x optimizer_steps_per_epoch)",
+    )
+    lr_final_ratio: float = Field(
+        0.1, ge=0, le=1, description="cosine: the last step's lr as a share of lr"
+    )
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")

@@ -97,6 +97,24 @@ def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
     return lr * (step + 1) / warmup_steps
 
 
+def scheduled_lr(cfg: TrainingConfig, step: int) -> float:
+    """The learning rate of global optimizer step ``step`` under ``cfg``'s schedule.
+
+    The warm-up (:func:`warmup_lr`) first; after it ``lr_schedule: constant`` holds ``lr`` and
+    ``cosine`` decays it along half a cosine to ``lr * lr_final_ratio`` at the run's last step
+    (``epochs * optimizer_steps_per_epoch - 1``), which anneals the wander a constant rate leaves
+    in the weights late in a run. A function of the step alone, so a resumed run continues it.
+    """
+    warm = warmup_lr(cfg.lr, step, cfg.lr_warmup_steps)
+    if cfg.lr_schedule == "constant" or step < cfg.lr_warmup_steps:
+        return warm
+    last = cfg.epochs * cfg.optimizer_steps_per_epoch - 1
+    span = max(last - cfg.lr_warmup_steps, 1)
+    progress = min(max(step - cfg.lr_warmup_steps, 0) / span, 1.0)
+    floor = cfg.lr * cfg.lr_final_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def global_count(local: int, world_size: int, device: torch.device | str = "cpu") -> int:
     """The sum of ``local`` over every worker (``local`` itself for one worker).
 
@@ -230,12 +248,12 @@ def optimizer_step(
     *,
     ema: LoraEma | None = None,
 ) -> float:
-    """Average the gradients over workers, clip them, step with the warm-up learning rate of
+    """Average the gradients over workers, clip them, step with the scheduled learning rate of
     global optimizer step ``step``, zero them and update the EMA; returns the gradient norm."""
     all_reduce_gradients(params, world_size)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
     for group in optimizer.param_groups:
-        group["lr"] = warmup_lr(cfg.lr, step, cfg.lr_warmup_steps)
+        group["lr"] = scheduled_lr(cfg, step)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if ema is not None and (step + 1) % cfg.ema_update_every == 0:
