@@ -332,6 +332,12 @@ class EvaluationConfig(Section):
     every_n_epochs: int = Field(10, ge=0, description="0 = never")
     at_start: bool = Field(True, description="evaluate the base model before training")
     num_prompts: int | None = Field(None, ge=1, description="first N eval prompts; None = all")
+    images_per_prompt: int = Field(
+        1,
+        ge=1,
+        description="samples per eval prompt, each from its own noise: more narrows the "
+        "evaluation's noise (the prompt list is repeated, so the first pass is the same as 1)",
+    )
     num_images_saved: int = Field(16, ge=0, description="eval images written to the run dir")
 
 

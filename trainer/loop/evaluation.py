@@ -18,6 +18,19 @@ from trainer.model.fast import for_rollout
 EVAL_EPOCH_TAG = 2**31 - 1  # keeps evaluation noise apart from every training epoch's
 
 
+def eval_prompt_list(
+    prompts: list[str], num_prompts: int | None, images_per_prompt: int
+) -> list[str]:
+    """The prompts an evaluation samples, one image each: the first ``num_prompts`` (all when
+    None), the whole list repeated ``images_per_prompt`` times.
+
+    Repeating the list (not each prompt) keeps the first pass's sample indices, so its noise
+    and images are the same as with one image per prompt, and every later pass draws new noise.
+    """
+    chosen = prompts[: num_prompts or len(prompts)]
+    return chosen * images_per_prompt
+
+
 def evaluate(
     pipe,
     client: RewardClient,

@@ -24,7 +24,7 @@ from trainer.config import RewardServiceConfig, TrainConfig
 from trainer.coordinator.run_log import run_log_name
 from trainer.loop import checkpoint as ckpt_io
 from trainer.loop.data import PromptSampler, load_prompts
-from trainer.loop.evaluation import evaluate
+from trainer.loop.evaluation import eval_prompt_list, evaluate
 from trainer.loop.gradient_conflict import measure_gradient_conflict
 from trainer.loop.nft_update import nft_update
 from trainer.loop.rollout_phase import sample_and_score
@@ -86,7 +86,9 @@ class WorkerLoop:
         prompts = load_prompts(cfg.data.train_prompts, cfg.data.format)
         self.sampler = PromptSampler(prompts, t.groups_per_epoch, t.seed)
         eval_prompts = load_prompts(cfg.data.eval_prompts, cfg.data.format)
-        self.eval_prompts = eval_prompts[: cfg.evaluation.num_prompts or len(eval_prompts)]
+        self.eval_prompts = eval_prompt_list(
+            eval_prompts, cfg.evaluation.num_prompts, cfg.evaluation.images_per_prompt
+        )
         self.ckpt_root = Path(cfg.checkpoint.dir or run_dir / "checkpoints")
         self.start_epoch = 0
         self.optimizer_steps = 0
