@@ -192,6 +192,12 @@ class TrainingConfig(Section):
     nft_kl_beta: float = Field(
         0.0, ge=0, description="nft: weight of mean (v_theta - v_ref)^2 to the base model"
     )
+    kl_reference: Literal["base", "ema"] = Field(
+        "base",
+        description="what the KL term holds the policy to: base, the model without LoRA "
+        "(Flow-GRPO); ema, the LoRA's EMA (a reference that follows the policy slowly, "
+        "TR-DPO's soft update); needs training.ema",
+    )
     skip_zero_advantages: bool = Field(
         True, description="leave samples with advantage exactly 0 out of the loss (Flow-GRPO)"
     )
@@ -205,6 +211,14 @@ class TrainingConfig(Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "bf16", description="autocast dtype of the trainable forward"
     )
+
+    @model_validator(mode="after")
+    def _ema_reference_needs_the_ema(self) -> TrainingConfig:
+        if self.kl_reference == "ema" and not self.ema:
+            raise ValueError(
+                "kl_reference 'ema' needs training.ema=true (the EMA is the reference)"
+            )
+        return self
 
     @field_validator("adam_betas")
     @classmethod

@@ -65,7 +65,7 @@ def tiny_policy():
     return SimpleNamespace(pipe=pipe, params=params, start=start, embeds=embeds, rollout=rollout)
 
 
-def _update(t, advantages, step_index=1, **training):
+def _update(t, advantages, step_index=1, ema=None, **training):
     """Restore the adapter, run one epoch's update; returns its stats."""
     with torch.no_grad():
         for p, s in zip(t.params, t.start, strict=True):
@@ -75,6 +75,7 @@ def _update(t, advantages, step_index=1, **training):
         t.pipe.transformer, t.rollout, t.embeds, torch.tensor(advantages),
         torch.tensor([step_index]), cfg=cfg, micro_batch_size=2,
         optimizer=torch.optim.AdamW(t.params, lr=1e-3), params=t.params, world_size=1,
+        ema=ema,
     )  # fmt: skip
 
 
@@ -109,3 +110,45 @@ def test_a_zero_advantage_sample_does_not_dilute_the_others(tiny_policy):
     diluted = _update(tiny_policy, [1.5, 0.0], skip_zero_advantages=False)
     assert pair.policy_loss == pytest.approx(2 * diluted.policy_loss, rel=1e-5)
     assert pair.policy_loss != 0
+
+
+def _ema_of(t, zero_lora_b: bool) -> LoraEma:
+    """An EMA whose shadow is the starting adapter, or (``zero_lora_b``) that adapter with its
+    B matrices zeroed, which is the base model exactly."""
+    ema = LoraEma(t.params, 0.9, ramp=False)
+    names = {id(p): n for n, p in t.pipe.transformer.named_parameters()}
+    with torch.no_grad():
+        for shadow, p, start in zip(ema.shadow, t.params, t.start, strict=True):
+            shadow.copy_(
+                torch.zeros_like(start) if zero_lora_b and "lora_B" in names[id(p)] else start
+            )
+    return ema
+
+
+def test_an_ema_reference_equal_to_the_policy_has_no_kl_and_trains_like_no_kl(tiny_policy):
+    """KL to an EMA equal to the live adapter is 0 and so is its gradient: the update equals
+    the one without a KL term, so the swap in and out left the live weights intact."""
+    ema = _ema_of(tiny_policy, zero_lora_b=False)
+    stats = _update(tiny_policy, [1.0, -1.0], ema=ema, kl_beta=0.5, kl_reference="ema")
+    after_ema = [p.detach().clone() for p in tiny_policy.params]
+    no_kl = _update(tiny_policy, [1.0, -1.0], kl_beta=0.0)
+    assert stats.kl == 0.0 and _moved(tiny_policy) > 0
+    for a, b in zip(after_ema, tiny_policy.params, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-7)
+    assert stats.policy_loss == pytest.approx(no_kl.policy_loss, rel=1e-5)
+
+
+def test_an_ema_reference_at_the_base_weights_gives_the_base_reference_kl(tiny_policy):
+    """An EMA holding the adapter with B = 0 is the base model: the same KL as ``base``."""
+    base = _update(tiny_policy, [1.0, -1.0], kl_beta=0.5, kl_reference="base")
+    ema = _ema_of(tiny_policy, zero_lora_b=True)
+    as_ema = _update(tiny_policy, [1.0, -1.0], ema=ema, kl_beta=0.5, kl_reference="ema")
+    assert base.kl > 0
+    assert as_ema.kl == pytest.approx(base.kl, rel=1e-4)
+
+
+def test_an_ema_reference_needs_the_ema(tiny_policy):
+    with pytest.raises(ValueError, match="training.ema"):
+        TrainingConfig(kl_reference="ema", ema=False)
+    with pytest.raises(ValueError, match="kl_reference 'ema' needs the EMA"):
+        _update(tiny_policy, [1.0, -1.0], ema=None, kl_beta=0.5, kl_reference="ema")

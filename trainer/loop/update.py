@@ -83,6 +83,22 @@ class LoraEma:
             s.copy_(t.to(s.device))
 
 
+def kl_reference(
+    transformer: torch.nn.Module, cfg: TrainingConfig, ema: LoraEma | None
+) -> contextlib.AbstractContextManager:
+    """The weights the KL term's reference forward runs with: the base model (adapter off)
+    for ``kl_reference: base``, the LoRA's EMA swapped in for ``ema``.
+
+    The EMA swap writes the parameters in place, so the reference forward must run before the
+    policy forward whose graph saves them.
+    """
+    if cfg.kl_reference == "base":
+        return lora_disabled(transformer)
+    if ema is None:
+        raise ValueError("training.kl_reference 'ema' needs the EMA (training.ema=true)")
+    return ema.swapped_in()
+
+
 def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
     """The learning rate of global optimizer step ``step`` (0-based): ``lr * (step+1)/N`` for
     the first ``N = warmup_steps`` steps, then ``lr``.
@@ -183,13 +199,13 @@ def policy_update(
         for mb in chunk.split(micro_batch_size) if len(chunk) else ():
             part, part_embeds, adv = rollout.select(mb), embeds.select(mb), advantages[mb]
             for j in step_indices.tolist():
-                new = step_log_prob(transformer, part, j, part_embeds, guidance_scale=guidance)
                 ref_mean = None
-                if cfg.kl_beta > 0:
-                    with torch.no_grad(), lora_disabled(transformer):
+                if cfg.kl_beta > 0:  # first: an EMA reference swaps the weights in and out
+                    with torch.no_grad(), kl_reference(transformer, cfg, ema):
                         ref_mean = step_log_prob(
                             transformer, part, j, part_embeds, guidance_scale=guidance
                         ).mean
+                new = step_log_prob(transformer, part, j, part_embeds, guidance_scale=guidance)
                 out = flow_grpo_loss(
                     new.log_prob,
                     part.log_probs[:, j],
