@@ -118,8 +118,9 @@ def scheduled_lr(cfg: TrainingConfig, step: int) -> float:
 
     The warm-up (:func:`warmup_lr`) first; after it ``lr_schedule: constant`` holds ``lr`` and
     ``cosine`` decays it along half a cosine to ``lr * lr_final_ratio`` at the run's last step
-    (``epochs * optimizer_steps_per_epoch - 1``), which anneals the wander a constant rate leaves
-    in the weights late in a run. A function of the step alone, so a resumed run continues it.
+    (``epochs * optimizer_steps_per_epoch - 1``), to anneal the wander a constant rate leaves in
+    the weights late in a run (on ``make train`` it lowered the gains, docs/learning.md). A
+    function of the step alone, so a resumed run continues it.
     """
     warm = warmup_lr(cfg.lr, step, cfg.lr_warmup_steps)
     if cfg.lr_schedule == "constant" or step < cfg.lr_warmup_steps:
