@@ -131,6 +131,12 @@ class SamplingConfig(Section):
     guidance_scale: float = Field(4.5, ge=1, description="CFG scale (1 = no guidance)")
     eval_guidance_scale: float = Field(4.5, ge=1, description="CFG scale in evaluation")
     noise_level: float = Field(0.7, ge=0, description="SDE noise level a in rollouts")
+    sde_type: Literal["flow_grpo", "cps"] = Field(
+        "flow_grpo",
+        description="the stochastic step: flow_grpo (Flow-GRPO's SDE) or cps "
+        "(Coefficients-Preserving Sampling, Flow-CPS: the samples keep the flow's noise level, "
+        "noise_level in [0, 1], the last step is deterministic and not trained)",
+    )
     eval_noise_level: float = Field(0.0, ge=0, description="noise level in evaluation (ODE)")
     sde_window: int | None = Field(
         None,
@@ -473,6 +479,7 @@ class TrainConfig(Section):
     def _cross_checks(self) -> TrainConfig:
         problems = _batch_problems(self) + _balancer_problems(self) + _resolution_problems(self)
         problems += _window_problems(self)
+        problems += _cps_problems(self)
         problems += performance_problems(
             self.performance, self.lora.target_modules, self.scaling.use_gpu
         )
@@ -504,6 +511,25 @@ def _window_problems(cfg: TrainConfig) -> list[str]:
         f"(floor(training.timestep_fraction x sampling.num_steps {steps})); set sde_window <= "
         f"{trained}"
     ]
+
+
+def _cps_problems(cfg: TrainConfig) -> list[str]:
+    if cfg.sampling.sde_type != "cps":
+        return []
+    problems, steps = [], cfg.sampling.num_steps
+    if cfg.sampling.noise_level > 1.0:
+        problems.append(
+            f"sampling.noise_level = {cfg.sampling.noise_level} with sampling.sde_type = cps: "
+            "the cps sampler's noise level is in [0, 1]"
+        )
+    trained = cfg.training.train_timesteps(steps)
+    if trained >= steps:
+        problems.append(
+            f"sampling.sde_type = cps makes the last of the {steps} steps deterministic, but "
+            f"training.timestep_fraction trains all {trained}: set it to at most "
+            f"{(steps - 1) / steps:.3g} (and sampling.num_steps >= 2) so that the last is not"
+        )
+    return problems
 
 
 def _balancer_problems(cfg: TrainConfig) -> list[str]:

@@ -103,6 +103,7 @@ def sample_prompts(
         generator=generators,
         sync_free=sync_free,
         sde_steps=sde_steps,
+        sde_type=sampling.sde_type,
     )
     return embeds, rollout
 

@@ -25,7 +25,7 @@ import torch
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
-from trainer.core.sde import SDEStep, sde_step, standard_normal
+from trainer.core.sde import SDEStep, SdeType, sde_step, standard_normal
 from trainer.model.pipeline import compute_dtype
 from trainer.model.prompts import Index, PromptEmbeds, encode_prompts
 
@@ -56,6 +56,8 @@ class Rollout:
     to the transformer and ``sigmas[j] -> sigmas[j+1]`` the step's noise levels.
     ``sde_steps``: the steps that drew noise (an SDE window, ``sampling.sde_window``); the
     others were ODE steps with log-prob 0 and nothing to train. None: every step was SDE.
+    ``sde_type``: the stochastic step (:mod:`trainer.core.sde`); a ``cps`` rollout's last
+    step, to sigma 0, is deterministic and has nothing to train either.
     """
 
     latents: torch.Tensor  # [B, T+1, C, h, w] float32
@@ -66,6 +68,7 @@ class Rollout:
     guidance_scale: float
     noise_level: float
     sde_steps: tuple[int, ...] | None = None
+    sde_type: SdeType = "flow_grpo"
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -113,11 +116,12 @@ class Rollout:
                 p.guidance_scale == first.guidance_scale
                 and p.noise_level == first.noise_level
                 and p.sde_steps == first.sde_steps
+                and p.sde_type == first.sde_type
                 and torch.equal(p.sigmas.cpu(), first.sigmas.cpu())
             )
             if not same:
                 raise ValueError(
-                    "rollouts differ in schedule, guidance scale, noise level or SDE window"
+                    "rollouts differ in schedule, guidance scale, noise level, SDE window or type"
                 )
         return replace(
             first,
@@ -222,8 +226,11 @@ def sample(
     generator: Generators = None,
     sync_free: bool = False,
     sde_steps: Sequence[int] | None = None,
+    sde_type: SdeType = "flow_grpo",
 ) -> Rollout:
-    """Sample one image per row of ``embeds`` with the Flow-GRPO SDE and record the trajectory.
+    """Sample one image per row of ``embeds`` with a stochastic sampler and record the trajectory.
+
+    ``sde_type`` picks the step (:mod:`trainer.core.sde`): Flow-GRPO's SDE or Flow-CPS.
 
     ``noise_level = 0`` is the deterministic ODE (Euler) sampler used for evaluation; its
     log-probs are zeros. ``generator`` is one CPU generator for the batch, or a list with one
@@ -246,6 +253,8 @@ def sample(
     shape = (len(embeds), transformer.config.in_channels, side, side)
     window = _check_window(sde_steps, num_steps)
     levels = [noise_level if window is None or j in window else 0.0 for j in range(num_steps)]
+    if sde_type == "cps":  # the step to sigma 0 keeps no noise: it draws none
+        levels = [0.0 if float(sigmas[j + 1]) == 0.0 else a for j, a in enumerate(levels)]
     noisy = [j for j in range(num_steps) if levels[j] > 0]
     if sync_free:
         noise = _drawn_up_front(shape, generator, 1 + len(noisy), device)
@@ -266,6 +275,7 @@ def sample(
             noise_level=levels[j],
             generator=generator,
             noise=noise[1 + noisy.index(j)] if sync_free and levels[j] > 0 else None,
+            sde_type=sde_type,
         )
         x = step.sample
         states.append(x)
@@ -279,6 +289,7 @@ def sample(
         guidance_scale=float(guidance_scale),
         noise_level=float(noise_level),
         sde_steps=window,
+        sde_type=sde_type,
     )
 
 
@@ -369,14 +380,23 @@ def step_log_prob(
         sigma_max=float(rollout.sigmas[1]),
         noise_level=noise_level,
         prev_sample=x_next,
+        sde_type=rollout.sde_type,
     )
 
 
 def _check_trainable(rollout: Rollout, step: int | torch.Tensor) -> None:
-    """Raise when a step outside the rollout's SDE window is asked for (it has no log-prob)."""
+    """Raise when a step without a log-prob is asked for: outside the rollout's SDE window,
+    or a cps rollout's deterministic last step."""
+    asked = step.tolist() if isinstance(step, torch.Tensor) else [step]
+    if rollout.sde_type == "cps":
+        last = [j for j in asked if float(rollout.sigmas[j + 1]) == 0.0]
+        if last:
+            raise ValueError(
+                f"step {last[0]} of a cps rollout goes to sigma 0 and is deterministic: it has "
+                "no log-prob to train (train fewer steps: training.timestep_fraction)"
+            )
     if rollout.sde_steps is None:
         return
-    asked = step.tolist() if isinstance(step, torch.Tensor) else [step]
     odd = sorted(set(asked) - set(rollout.sde_steps))
     if odd:
         raise ValueError(
