@@ -33,8 +33,13 @@ The rule, for a uint8 RGB image ``[H, W, 3]``:
    largest ``a`` and ``height`` the same over rows (the bounding box in fractional pixels),
    capped at 1.
 7. **Scores**, each in [0, 1], all built from one margin ``m(d_named, d_other) =
-   max(0, 1 - d_named / d_other)``: 1 at the named value, falling linearly with the distance
-   to it, 0 once the measurement is at least as close to another candidate:
+   d_other / (d_named + d_other)``: 1 at the named value, 1/2 half way to the nearest other
+   candidate, 0 on it, and never flat in between, so that of two measurements the one nearer
+   the named value always scores higher (``margin: share``, the default). ``margin:
+   cutoff`` is the earlier rule ``max(0, 1 - d_named / d_other)``, 0 once another candidate
+   is at least as close: the small model draws squares with rounded corners (fill ~0.86,
+   nearer a circle's), which scored 0 on shape whatever their corners, so a group of
+   samples gave the RL no signal toward a squarer shape (docs/rewards.md):
 
    - background: ``m`` of ``bg``, with ``d_named`` = RGB distance to the named background
      colour and ``d_other`` = distance to the nearest other palette colour;
@@ -65,7 +70,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 from PIL import Image as PILImage
@@ -122,25 +127,36 @@ def parse_caption(prompt: str | None) -> Caption | None:
     return Caption(colour, shape, background, match["word"] is not None)
 
 
-def margin(d_named: float, d_other: float) -> float:
-    """``max(0, 1 - d_named / d_other)``: 1 at the named value, 0 once another is as close."""
+Margin = Literal["share", "cutoff"]
+
+
+def margin(d_named: float, d_other: float, rule: Margin = "share") -> float:
+    """How much nearer the named value than the nearest other candidate, in [0, 1].
+
+    ``share``: ``d_other / (d_named + d_other)``, 1/2 half way, never flat; ``cutoff``:
+    ``max(0, 1 - d_named / d_other)``, 0 once another candidate is as close.
+    """
+    if rule not in ("share", "cutoff"):
+        raise ValueError(f"unknown margin rule {rule!r}: expected 'share' or 'cutoff'")
     if d_named <= 0:
         return 1.0
     if d_other <= 0:
         return 0.0
+    if rule == "share":
+        return d_other / (d_named + d_other)
     return max(0.0, 1.0 - d_named / d_other)
 
 
-def colour_score(rgb: np.ndarray, named: str) -> float:
+def colour_score(rgb: np.ndarray, named: str, rule: Margin = "share") -> float:
     """Margin of an sRGB colour (0-255) for the palette colour ``named``."""
     dist = {n: float(np.linalg.norm(np.asarray(rgb, float) - c)) for n, c in COLOURS.items()}
-    return margin(dist[named], min(d for n, d in dist.items() if n != named))
+    return margin(dist[named], min(d for n, d in dist.items() if n != named), rule)
 
 
-def shape_score(fill: float, named: str) -> float:
+def shape_score(fill: float, named: str, rule: Margin = "share") -> float:
     """Margin of a bounding-box fill ratio for the shape ``named``."""
     dist = {n: abs(fill - p) for n, p in FILL_RATIOS.items()}
-    return margin(dist[named], min(d for n, d in dist.items() if n != named))
+    return margin(dist[named], min(d for n, d in dist.items() if n != named), rule)
 
 
 def border_colour(image: np.ndarray, width: int) -> np.ndarray:
@@ -229,6 +245,11 @@ class PromptAlignmentConfig(RewardConfig):
     work_size: int = Field(
         128, ge=16, le=1024, description="larger images are box-filtered to this longer side first"
     )
+    margin: Margin = Field(
+        "share",
+        description="share: d_other / (d_named + d_other), never flat; cutoff: the earlier "
+        "max(0, 1 - d_named / d_other), 0 once another candidate is as close",
+    )
 
 
 def alignment_scores(
@@ -249,15 +270,16 @@ def alignment_scores(
     region = pixels[: pixels.shape[0] // 2] if caption.has_word else pixels
     distance = np.linalg.norm(region.astype(np.float64) - bg, axis=-1)
     shape = largest_component(distance > config.mask_threshold)
-    background = colour_score(bg, caption.background)
+    rule = config.margin
+    background = colour_score(bg, caption.background, rule)
     area = int(shape.sum())
     if area == 0 or area < config.min_shape_fraction * shape.size:
         return AlignmentScores(background, 0.0, 0.0)
     fg = np.median(region[shape], axis=0)
-    colour = colour_score(fg, caption.colour)
+    colour = colour_score(fg, caption.colour, rule)
     fill = fill_ratio(region, shape, bg, fg)
     flat = solidity(region, shape, fg, config.mask_threshold)
-    return AlignmentScores(background, colour, flat * shape_score(fill, caption.shape))
+    return AlignmentScores(background, colour, flat * shape_score(fill, caption.shape, rule))
 
 
 @register
@@ -273,7 +295,10 @@ class PromptAlignment(RewardModel):
 
     def model_info(self) -> ModelInfo:
         """A closed-form pixel rule: no weights."""
-        return ModelInfo("closed form: pixel rule for the synthetic scene captions (no weights)")
+        return ModelInfo(
+            "closed form: pixel rule for the synthetic scene captions (no weights; margin "
+            f"{self.config.margin})"
+        )
 
     def unscored_reason(self, prompt: str | None) -> str:
         """What is wrong with the caption, or that the image is too small."""

@@ -163,14 +163,40 @@ def test_large_images_are_reduced_first():
 def test_margin_scores():
     assert pa.colour_score(np.array(pa.COLOURS["red"]), "red") == 1.0
     red, orange = np.array(pa.COLOURS["red"], float), np.array(pa.COLOURS["orange"], float)
-    path = [pa.colour_score(red + t * (orange - red), "red") for t in np.linspace(0, 0.6, 7)]
-    assert all(a > b > 0 for a, b in zip(path[:4], path[1:5], strict=True))
-    assert path[5] == pytest.approx(0.0, abs=1e-12)  # half way: as close to orange
-    assert path[6] == 0.0
-    assert pa.colour_score(np.array([128.0, 128.0, 128.0]), "white") == 0.0
+    path = [pa.colour_score(red + t * (orange - red), "red") for t in np.linspace(0, 1, 11)]
+    assert all(a > b for a, b in zip(path, path[1:], strict=False))  # never flat
+    assert path[5] == pytest.approx(0.5)  # half way: as close to orange
+    assert path[9] > 0 and path[10] == 0.0  # on orange
     for shape, fill in pa.FILL_RATIOS.items():
         assert pa.shape_score(fill, shape) == 1.0
-    assert 0 < pa.shape_score(0.9, "square") < 1 and pa.shape_score(0.9, "triangle") == 0.0
+    assert 0.5 < pa.shape_score(0.9, "square") < 1 and 0 < pa.shape_score(0.9, "triangle") < 0.5
+
+
+def test_the_cutoff_margin_is_flat_where_another_candidate_is_nearer():
+    red, orange = np.array(pa.COLOURS["red"], float), np.array(pa.COLOURS["orange"], float)
+    path = [pa.colour_score(red + t * (orange - red), "red", "cutoff") for t in (0, 0.3, 0.5, 0.8)]
+    assert path[0] == 1.0 and 0 < path[1] < 1 and path[2] == pytest.approx(0.0, abs=1e-12)
+    assert path[3] == 0.0
+    # a rounded square (fill 0.86, nearer a circle's pi/4): cutoff gives it 0 whatever its
+    # corners, the default rises as the fill nears 1, which is what a group's ranking needs
+    fills = [0.84, 0.86, 0.88]
+    assert [pa.shape_score(f, "square", "cutoff") for f in fills] == [0.0, 0.0, 0.0]
+    shares = [pa.shape_score(f, "square") for f in fills]
+    assert 0 < shares[0] < shares[1] < shares[2] < 0.5
+    with pytest.raises(ValueError, match="unknown margin rule 'soft'"):
+        pa.margin(1.0, 2.0, "soft")  # type: ignore[arg-type]
+
+
+def test_the_config_picks_the_margin():
+    # a drawn circle under a square's caption: nearer the circle prototype
+    circle = scenes.render(_scene("circle", "red", "white"), SIZE)
+    caption = pa.parse_caption(scenes.caption(_scene("square", "red", "white")))
+    share = pa.alignment_scores(circle, caption, CFG)
+    cutoff = pa.alignment_scores(circle, caption, pa.PromptAlignmentConfig(margin="cutoff"))
+    assert cutoff.shape == 0.0 and 0 < share.shape < 0.5
+    assert share.colour == cutoff.colour == 1.0  # exact colours score 1 under both
+    with pytest.raises(ValueError, match=r"prompt_alignment\.margin"):
+        build_reward("prompt_alignment", {"margin": "soft"})
 
 
 def test_not_scorable_cases(reward):
