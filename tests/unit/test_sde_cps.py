@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from tests.unit.test_model_rollout import CFG, PROMPTS, RES, SEQ, STEPS, TINY
+from tests.unit.test_model_rollout import STEPS
+from tests.unit.test_sde_window import _sample
 from trainer.config import load_config
 from trainer.core.sde import cps_step_mean_std, sde_step
-from trainer.model.pipeline import load_pipeline
-from trainer.model.rollout import Rollout, encode_prompts, sample, step_log_prob
+from trainer.model.rollout import Rollout, step_log_prob
 
 SIGMA_MAX = 0.86  # any: cps does not use it
 
@@ -120,21 +120,6 @@ def test_config_keeps_the_last_step_out_of_training():
             "deploy/configs/local.yaml",
             ["sampling.sde_type=cps", "training.timestep_fraction=0.5", "sampling.noise_level=2"],
         )
-
-
-@pytest.fixture(scope="module")
-def pipe_and_embeds():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pipe = load_pipeline(TINY, "cpu")
-    embeds = encode_prompts(pipe, PROMPTS, max_sequence_length=SEQ, guidance_scale=CFG)
-    yield pipe, embeds
-    torch.set_num_threads(before)
-
-
-def _sample(pipe, embeds, seed=0, **kw):
-    args = dict(num_steps=STEPS, guidance_scale=CFG, noise_level=0.7, resolution=RES)
-    return sample(pipe, embeds, generator=torch.Generator().manual_seed(seed), **(args | kw))
 
 
 def test_a_cps_rollout_records_its_type_and_rescores_exactly(pipe_and_embeds):

@@ -4,26 +4,14 @@ few consecutive steps, the deterministic ODE step everywhere else."""
 import pytest
 import torch
 
-from tests.unit.test_model_rollout import CFG, NOISE, PROMPTS, RES, SEQ, STEPS, TINY
+from tests.unit.test_model_rollout import CFG, NOISE, RES, STEPS
 from trainer.config import load_config
-from trainer.model.pipeline import load_pipeline
 from trainer.model.rollout import (
     Rollout,
-    encode_prompts,
     sample,
     sde_window_steps,
     step_log_prob,
 )
-
-
-@pytest.fixture(scope="module")
-def pipe_and_embeds():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pipe = load_pipeline(TINY, "cpu")
-    embeds = encode_prompts(pipe, PROMPTS, max_sequence_length=SEQ, guidance_scale=CFG)
-    yield pipe, embeds
-    torch.set_num_threads(before)
 
 
 def _sample(pipe, embeds, seed=0, **kw):

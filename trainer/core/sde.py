@@ -71,6 +71,22 @@ def _all_zero(value: torch.Tensor | float) -> bool:
     return bool(torch.as_tensor(value).eq(0).all())
 
 
+def _step_sigmas(
+    x: torch.Tensor,
+    velocity: torch.Tensor,
+    sigma: torch.Tensor | float,
+    sigma_next: torch.Tensor | float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step's sigmas as columns that broadcast against ``x``, after checking the inputs."""
+    if x.shape != velocity.shape:
+        raise ValueError(f"x {tuple(x.shape)} and velocity {tuple(velocity.shape)} must match")
+    sig = _as_batch_column(sigma, x)
+    sig_next = _as_batch_column(sigma_next, x)
+    if bool((sig_next >= sig).any()):
+        raise ValueError("sigma_next must be smaller than sigma (the sampler runs from 1 to 0)")
+    return sig, sig_next
+
+
 def sde_noise_level(sigma: torch.Tensor, sigma_max: float, noise_level: float) -> torch.Tensor:
     """``std_t = a * sqrt(sigma / (1 - sigma))``, with ``sigma_max`` standing in for sigma = 1.
 
@@ -95,13 +111,8 @@ def sde_step_mean_std(
     Returns ``(mean, std, std_t)`` where ``std = std_t * sqrt(-dt)`` is the Gaussian's scale.
     With ``noise_level = 0`` the mean is the plain Euler ODE step.
     """
-    if x.shape != velocity.shape:
-        raise ValueError(f"x {tuple(x.shape)} and velocity {tuple(velocity.shape)} must match")
-    sig = _as_batch_column(sigma, x)
-    sig_next = _as_batch_column(sigma_next, x)
+    sig, sig_next = _step_sigmas(x, velocity, sigma, sigma_next)
     dt = sig_next - sig
-    if bool((dt >= 0).any()):
-        raise ValueError("sigma_next must be smaller than sigma (the sampler runs from 1 to 0)")
     std_t = sde_noise_level(sig, sigma_max, noise_level)
     mean = (
         x * (1.0 + std_t**2 * dt / (2.0 * sig))
@@ -127,14 +138,9 @@ def cps_step_mean_std(
     the step's scale is also its KL scale (both ``training.kl_scale`` values give the exact KL).
     ``noise_level`` must be in [0, 1] (1: all of the next sigma is fresh noise).
     """
-    if x.shape != velocity.shape:
-        raise ValueError(f"x {tuple(x.shape)} and velocity {tuple(velocity.shape)} must match")
     if not 0.0 <= noise_level <= 1.0:
         raise ValueError(f"the cps sampler needs noise_level in [0, 1], got {noise_level}")
-    sig = _as_batch_column(sigma, x)
-    sig_next = _as_batch_column(sigma_next, x)
-    if bool((sig_next >= sig).any()):
-        raise ValueError("sigma_next must be smaller than sigma (the sampler runs from 1 to 0)")
+    sig, sig_next = _step_sigmas(x, velocity, sigma, sigma_next)
     x0_hat = x - sig * velocity
     x1_hat = x + (1.0 - sig) * velocity
     angle = noise_level * math.pi / 2.0
