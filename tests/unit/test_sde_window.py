@@ -71,6 +71,9 @@ def test_the_window_is_consecutive_and_covers_every_trained_step():
 
 
 def test_config_rejects_a_window_wider_than_the_trained_steps():
-    load_config("deploy/configs/local.yaml", ["sampling.sde_window=3"])
+    three = ["sampling.sde_type=flow_grpo", "training.timestep_fraction=0.75"]
+    load_config("deploy/configs/local.yaml", [*three, "sampling.sde_window=3"])
     with pytest.raises(ValueError, match="sde_window = 4 exceeds the 3 trained steps"):
-        load_config("deploy/configs/local.yaml", ["sampling.sde_window=4"])
+        load_config("deploy/configs/local.yaml", [*three, "sampling.sde_window=4"])
+    with pytest.raises(ValueError, match="sde_window = 3 exceeds the 2 trained steps"):
+        load_config("deploy/configs/local.yaml", ["sampling.sde_window=3"])  # make train: 2
