@@ -28,6 +28,7 @@ from trainer.batch_shape import batch_shape_problem
 from trainer.config_performance import PerformanceConfig, performance_problems
 from trainer.config_section import Section
 from trainer.core.balance import BALANCER_NAMES, BalancerName, BalancerOptions
+from trainer.core.sde import SdeType
 
 __all__ = [
     "ConfigError",
@@ -131,7 +132,7 @@ class SamplingConfig(Section):
     guidance_scale: float = Field(4.5, ge=1, description="CFG scale (1 = no guidance)")
     eval_guidance_scale: float = Field(4.5, ge=1, description="CFG scale in evaluation")
     noise_level: float = Field(0.7, ge=0, description="SDE noise level a in rollouts")
-    sde_type: Literal["flow_grpo", "cps"] = Field(
+    sde_type: SdeType = Field(
         "flow_grpo",
         description="the stochastic step: flow_grpo (Flow-GRPO's SDE) or cps "
         "(Coefficients-Preserving Sampling, Flow-CPS: the samples keep the flow's noise level, "

@@ -70,7 +70,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
 from PIL import Image as PILImage
@@ -136,8 +136,8 @@ def margin(d_named: float, d_other: float, rule: Margin = "share") -> float:
     ``share``: ``d_other / (d_named + d_other)``, 1/2 half way, never flat; ``cutoff``:
     ``max(0, 1 - d_named / d_other)``, 0 once another candidate is as close.
     """
-    if rule not in ("share", "cutoff"):
-        raise ValueError(f"unknown margin rule {rule!r}: expected 'share' or 'cutoff'")
+    if rule not in get_args(Margin):
+        raise ValueError(f"unknown margin rule {rule!r}: expected one of {list(get_args(Margin))}")
     if d_named <= 0:
         return 1.0
     if d_other <= 0:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 SdeType = Literal["flow_grpo", "cps"]
-SDE_TYPES: tuple[str, ...] = ("flow_grpo", "cps")
+SDE_TYPES: tuple[str, ...] = get_args(SdeType)
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
