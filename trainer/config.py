@@ -146,14 +146,6 @@ class SamplingConfig(Section):
         "each epoch among the trained steps, the ODE elsewhere (MixGRPO, Flow-GRPO-Fast); "
         "None: every step is SDE (Flow-GRPO)",
     )
-    lora_min_sigma: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="the LoRA acts only on steps that start at sigma >= this; below it the base "
-        "model draws, in rollouts and evaluation (every trained step must start at or above "
-        "it); 0: every step",
-    )
     max_sequence_length: int = Field(128, ge=1, le=512, description="T5 prompt tokens")
     micro_batch_size: int = Field(8, ge=1, description="images per sampler call per worker")
 
@@ -488,7 +480,7 @@ class TrainConfig(Section):
     def _cross_checks(self) -> TrainConfig:
         problems = _batch_problems(self) + _balancer_problems(self) + _resolution_problems(self)
         problems += _window_problems(self)
-        problems += _cps_problems(self) + _lora_min_sigma_problems(self)
+        problems += _cps_problems(self)
         problems += performance_problems(
             self.performance, self.lora.target_modules, self.scaling.use_gpu
         )
@@ -539,15 +531,6 @@ def _cps_problems(cfg: TrainConfig) -> list[str]:
             f"{(steps - 1) / steps:.3g} (and sampling.num_steps >= 2) so that the last is not"
         )
     return problems
-
-
-def _lora_min_sigma_problems(cfg: TrainConfig) -> list[str]:
-    if cfg.sampling.lora_min_sigma > 0 and cfg.performance.merge_lora_for_rollouts:
-        return [
-            "sampling.lora_min_sigma > 0 switches the LoRA off on low-noise steps, which a "
-            "merged LoRA cannot: set performance.merge_lora_for_rollouts=false"
-        ]
-    return []
 
 
 def _balancer_problems(cfg: TrainConfig) -> list[str]:

@@ -104,7 +104,6 @@ def sample_prompts(
         sync_free=sync_free,
         sde_steps=sde_steps,
         sde_type=sampling.sde_type,
-        lora_min_sigma=sampling.lora_min_sigma,
     )
     return embeds, rollout
 

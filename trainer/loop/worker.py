@@ -38,7 +38,7 @@ from trainer.model.pipeline import (
     save_lora,
 )
 from trainer.model.pipeline import lora_state_dict as lora_weights
-from trainer.model.rollout import make_schedule, sde_window_steps, train_step_indices
+from trainer.model.rollout import sde_window_steps, train_step_indices
 from trainer.outputs.evaluation_metrics import eval_summary
 from trainer.outputs.images import save_image_grid
 from trainer.outputs.run_folder import LORA_DIR
@@ -62,25 +62,6 @@ def reward_client(service: RewardServiceConfig) -> RewardClient:
     return RewardClient.over_http(service.url, token, **kwargs)
 
 
-def check_lora_min_sigma(pipe, cfg: TrainConfig) -> None:
-    """Refuse a ``sampling.lora_min_sigma`` above a trained step's sigma (the schedule, hence
-    the sigmas, is known only with the model's scheduler): that step would train a LoRA that
-    the sampler had switched off."""
-    floor = cfg.sampling.lora_min_sigma
-    if floor <= 0:
-        return
-    steps = cfg.sampling.num_steps
-    _, sigmas = make_schedule(pipe, steps, cfg.sampling.resolution)
-    trained = cfg.training.train_timesteps(steps)
-    lowest = float(sigmas[trained - 1])
-    if lowest < floor:
-        raise ValueError(
-            f"sampling.lora_min_sigma = {floor} is above the sigma of the last trained step "
-            f"({lowest:.3f}, step {trained} of {steps}): lower it, or train fewer steps "
-            "(training.timestep_fraction)"
-        )
-
-
 class WorkerLoop:
     """State of one worker's run; :func:`train_loop_per_worker` drives it."""
 
@@ -91,7 +72,6 @@ class WorkerLoop:
         t = cfg.training
         torch.manual_seed(t.seed)  # identical base and LoRA init on every worker
         self.pipe = load_pipeline(cfg.model, device)
-        check_lora_min_sigma(self.pipe, cfg)
         add_lora(self.pipe.transformer, cfg.lora, seed=t.seed)
         fast.prepare(self.pipe, cfg.performance)  # compiled blocks, VAE dtype; off by default
         self.params = lora_parameters(self.pipe.transformer)

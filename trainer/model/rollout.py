@@ -17,7 +17,6 @@ reproduces a rollout on any device.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -25,17 +24,15 @@ import numpy as np
 import torch
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-from peft.tuners.tuners_utils import BaseTunerLayer
 
 from trainer.core.sde import SDEStep, SdeType, sde_step, standard_normal
-from trainer.model.pipeline import compute_dtype, lora_disabled
+from trainer.model.pipeline import compute_dtype
 from trainer.model.prompts import Index, PromptEmbeds, encode_prompts
 
 __all__ = [
     "Generators",
     "PromptEmbeds",
     "Rollout",
-    "base_model_below",
     "decode_latents",
     "encode_prompts",
     "make_schedule",
@@ -206,22 +203,6 @@ def velocity(
     return uncond + guidance_scale * (cond - uncond)
 
 
-def base_model_below(
-    transformer: torch.nn.Module, sigma: float, lora_min_sigma: float
-) -> contextlib.AbstractContextManager:
-    """The LoRA switched off for a step that starts at ``sigma < lora_min_sigma`` (0: never).
-
-    A transformer without an adapter is the base model already: nothing to switch. Not for use
-    inside :func:`trainer.model.merged.lora_merged` (the merged weights stay on; the config
-    refuses ``sampling.lora_min_sigma`` with ``performance.merge_lora_for_rollouts``).
-    """
-    if lora_min_sigma <= 0 or sigma >= lora_min_sigma:
-        return contextlib.nullcontext()
-    if not any(isinstance(m, BaseTunerLayer) for m in transformer.modules()):
-        return contextlib.nullcontext()
-    return lora_disabled(transformer)
-
-
 @torch.no_grad()
 def decode_latents(pipe: StableDiffusion3Pipeline, latents: torch.Tensor) -> np.ndarray:
     """Final latents -> ``[B, H, W, 3]`` uint8 images, undoing SD3's latent shift and scale."""
@@ -246,13 +227,10 @@ def sample(
     sync_free: bool = False,
     sde_steps: Sequence[int] | None = None,
     sde_type: SdeType = "flow_grpo",
-    lora_min_sigma: float = 0.0,
 ) -> Rollout:
     """Sample one image per row of ``embeds`` with a stochastic sampler and record the trajectory.
 
     ``sde_type`` picks the step (:mod:`trainer.core.sde`): Flow-GRPO's SDE or Flow-CPS.
-    ``lora_min_sigma`` > 0: steps that start below that sigma run the base model (the LoRA
-    switched off, ``sampling.lora_min_sigma``).
 
     ``noise_level = 0`` is the deterministic ODE (Euler) sampler used for evaluation; its
     log-probs are zeros. ``generator`` is one CPU generator for the batch, or a list with one
@@ -287,8 +265,7 @@ def sample(
     states, log_probs = [x], []
     sigma_max = float(sigmas[1])  # the first sigma below 1 stands in for sigma = 1
     for j in range(num_steps):
-        with base_model_below(transformer, float(step_sigmas[j]), lora_min_sigma):
-            v = velocity(transformer, x, step_t[j], embeds, guidance_scale)
+        v = velocity(transformer, x, step_t[j], embeds, guidance_scale)
         step = sde_step(
             x,
             v,
