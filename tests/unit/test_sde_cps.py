@@ -49,7 +49,7 @@ def test_the_sample_keeps_the_flows_coefficients(noise_level):
 
 def test_flow_grpos_sde_leaves_excess_noise_at_few_steps():
     # the reason for cps: the 4-step schedule's third step (0.60 -> 0.009) of Flow-GRPO's SDE
-    # leaves noise ~70x the flow's marginal at 0.009 (docs/learning.md)
+    # leaves noise ~70x the flow's marginal at 0.009 (docs/learning-log.md)
     sigma, sigma_next, n = 0.602, 0.0089, 4_000
     x0, x, v = _single_point_flow(sigma, n)
     gen = torch.Generator().manual_seed(2)

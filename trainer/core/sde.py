@@ -6,7 +6,7 @@ Two transitions are offered (``sampling.sde_type``):
 
 - ``flow_grpo``: Flow-GRPO's discretized reverse SDE, std ``a * sqrt(sigma / (1 - sigma))
   * sqrt(-dt)``. With few steps it leaves more noise in a sample than the flow's marginal at
-  the next sigma holds, so the final images are grainy (docs/learning.md).
+  the next sigma holds, so the final images are grainy (docs/learning-log.md).
 - ``cps``: Coefficients-Preserving Sampling (Wang & Yu 2025, arXiv 2509.05952), a DDIM-style
   step ``x_next = (1 - s') x0_hat + s' cos(a pi/2) x1_hat + s' sin(a pi/2) noise`` with
   ``x0_hat = x - s v`` and ``x1_hat = x + (1 - s) v``: the sample keeps the marginal's noise
