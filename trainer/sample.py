@@ -26,7 +26,7 @@ from PIL import Image
 from trainer.config import TrainConfig, load_config
 from trainer.loop.data import load_prompts
 from trainer.model.pipeline import LORA_WEIGHT_NAME, load_pipeline
-from trainer.outputs.images import save_image_grid
+from trainer.outputs.images import save_image_grid, side_by_side
 from trainer.outputs.run_folder import LORA_DIR
 
 
@@ -67,12 +67,6 @@ def diffusers_images(
         ).images[0]
         out.append(np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8))
     return np.stack(out)
-
-
-def side_by_side(base: np.ndarray, tuned: np.ndarray) -> np.ndarray:
-    """Each base image with its tuned image to the right, separated by a white 2-px bar."""
-    bar = np.full((base.shape[0], base.shape[1], 2, 3), 255, dtype=np.uint8)
-    return np.concatenate([base, bar, tuned], axis=2)
 
 
 def sample_run(

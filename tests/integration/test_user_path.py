@@ -66,7 +66,9 @@ def test_train_sample_and_evaluate_against_running_services(served, tmp_path):
         "training.images_per_prompt=4",
         "training.optimizer_steps_per_epoch=1",
         "sampling.micro_batch_size=8",
-        "evaluation.every_n_epochs=0",
+        "evaluation.every_n_epochs=1",  # before and after the epoch: 2 samples each
+        "evaluation.num_prompts=2",
+        "evaluation.images_per_prompt=1",
         "logging.prometheus=false",
     ]
     done = subprocess.run(
@@ -78,6 +80,8 @@ def test_train_sample_and_evaluate_against_running_services(served, tmp_path):
     assert "1/1" in console.replace("\r", "\n").splitlines()[-1] or "1/1 [" in console
     (run,) = (tmp_path / "runs").iterdir()
     assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    eval_files = {p.name for p in (run / "eval").iterdir()}
+    assert {"step_000000.png", "step_000001.png", "first_vs_latest.png"} <= eval_files
     assert _rewards(served["url"]) == before  # the running services were not replaced
 
     sample = [sys.executable, "-m", "trainer.sample", str(run), "--num", "2"]

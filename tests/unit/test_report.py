@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.outputs.images import save_image_grid
+from trainer.outputs.images import (
+    FIRST_VS_LATEST_FILE,
+    change_captions,
+    save_first_eval,
+    save_first_vs_latest,
+    save_image_grid,
+)
 from trainer.outputs.plots import plot_run
 from trainer.outputs.records import MetricsLog, read_metrics, records_of_kind, to_jsonable
 from trainer.outputs.run_folder import RunFolder
@@ -268,3 +274,27 @@ def test_summary_table_without_eval_or_weights():
     assert "hypervolume" in table and "n/a" in table
     row_a = next(line for line in table.splitlines() if line.startswith("a "))
     assert row_a.split()[1:3] == ["1", "1"] and row_a.split()[-1] == "n/a"
+
+
+def test_first_vs_latest_pairs_each_first_image_with_the_latest_and_names_the_changes(tmp_path):
+    rng = np.random.default_rng(0)
+    before = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    after = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    first_scores = np.array([[0.5, 0.0, np.nan], [80.0, 90.0, 100.0]])
+    later_scores = np.array([[1.0, 0.0, 0.25], [70.0, 90.0, 112.5]])
+    assert save_first_vs_latest(tmp_path, after, later_scores, ["ocr", "colorfulness"]) is None
+    save_first_eval(tmp_path, before, first_scores)
+    path = save_first_vs_latest(tmp_path, after, later_scores, ["ocr", "colorfulness"], cols=3)
+    assert path == tmp_path / FIRST_VS_LATEST_FILE
+    sheet = np.asarray(Image.open(path).convert("RGB"))
+    for i in range(3):  # left: the first evaluation's image, right: the latest, a 2-px bar
+        x = i * (2 * 16 + 2)
+        np.testing.assert_array_equal(sheet[:16, x : x + 16], before[i])
+        np.testing.assert_array_equal(sheet[:16, x + 18 : x + 34], after[i])
+    assert change_captions(first_scores, later_scores, ["ocr", "colorfulness"]) == [
+        "ocr +0.5, color -10",
+        "ocr +0, color +0",
+        "ocr n/a, color +12.5",
+    ]
+    # another evaluation set (more images shown) than the first: no sheet, no error
+    assert save_first_vs_latest(tmp_path, after[:2], later_scores[:, :2], ["a", "b"]) is None

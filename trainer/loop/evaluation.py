@@ -45,7 +45,8 @@ def evaluate(
     """Sample one image per prompt with the ODE sampler and score it with every reward.
 
     Returns ``reward_mean`` and ``reward_std`` ``[K]`` (over the scorable images), the
-    unscored counts, and the ``images`` ``[N, H, W, 3]`` for the grid. ``performance``: the
+    unscored counts, the ``images`` ``[N, H, W, 3]`` for the grid and their ``scores``
+    ``[K, N]`` (NaN: unscorable). ``performance``: the
     sampling fast paths, as in training rollouts.
     """
     images, scores = [], []
@@ -81,4 +82,5 @@ def evaluate(
         "reward_std": np.sqrt(var),
         "unscorable_count": (~valid).sum(axis=1),
         "images": np.concatenate(images),
+        "scores": values,
     }

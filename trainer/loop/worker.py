@@ -40,7 +40,7 @@ from trainer.model.pipeline import (
 from trainer.model.pipeline import lora_state_dict as lora_weights
 from trainer.model.rollout import sde_window_steps, train_step_indices
 from trainer.outputs.evaluation_metrics import eval_summary
-from trainer.outputs.images import save_image_grid
+from trainer.outputs.images import save_first_eval, save_first_vs_latest, save_image_grid
 from trainer.outputs.run_folder import LORA_DIR
 
 logger = logging.getLogger(__name__)
@@ -332,14 +332,22 @@ class WorkerLoop:
                 performance=cfg.performance,
             )
         means = [float(v) for v in result["reward_mean"]]
-        if self.eval_base is None:
+        first = self.eval_base is None
+        if first:
             self.eval_base = {"mean": means, "std": [float(v) for v in result["reward_std"]]}
         self.eval_history.append(means)
         summary = eval_summary(self.eval_base["mean"], self.eval_base["std"], self.eval_history)
         shown = result["images"][: cfg.evaluation.num_images_saved]
         if len(shown):
-            grid = self.run_dir / "eval" / f"step_{step:06d}.png"
-            save_image_grid(shown, self.eval_prompts[: len(shown)], grid)
+            eval_dir = self.run_dir / "eval"
+            save_image_grid(
+                shown, self.eval_prompts[: len(shown)], eval_dir / f"step_{step:06d}.png"
+            )
+            scores = result["scores"][:, : len(shown)]
+            if first:
+                save_first_eval(eval_dir, shown, scores)
+            else:
+                save_first_vs_latest(eval_dir, shown, scores, self.rewards)
         record = {
             "reward_mean": result["reward_mean"],
             "reward_std": result["reward_std"],

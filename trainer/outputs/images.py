@@ -1,5 +1,6 @@
-"""Image grids of a run: evaluation samples (``eval/step_*.png``) and ``make sample``'s
-base-vs-tuned sheets, each image with a small wrapped caption under it."""
+"""Image grids of a run: evaluation samples (``eval/step_*.png``), the first evaluation
+against the latest (``eval/first_vs_latest.png``) and ``make sample``'s base-vs-tuned
+sheets, each image with a small wrapped caption under it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["save_image_grid"]
+__all__ = [
+    "FIRST_EVAL_FILE",
+    "FIRST_VS_LATEST_FILE",
+    "change_captions",
+    "save_first_eval",
+    "save_first_vs_latest",
+    "save_image_grid",
+    "side_by_side",
+]
+
+FIRST_EVAL_FILE = "first_eval.npz"  # the first evaluation's shown images and their scores
+FIRST_VS_LATEST_FILE = "first_vs_latest.png"
 
 
 def save_image_grid(
@@ -46,6 +58,73 @@ def save_image_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path, format="PNG")
     return path
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Each left image with its right image beside it, separated by a white 2-px bar."""
+    bar = np.full((left.shape[0], left.shape[1], 2, 3), 255, dtype=np.uint8)
+    return np.concatenate([left, bar, right], axis=2)
+
+
+def save_first_eval(eval_dir: str | Path, images: np.ndarray, scores: np.ndarray) -> Path:
+    """Keep the first evaluation's shown images ``[N, H, W, 3]`` and their scores ``[K, N]``
+    (NaN: unscorable) in ``eval_dir``, for :func:`save_first_vs_latest` (also after a resume)."""
+    path = Path(eval_dir) / FIRST_EVAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("tmp_" + path.name)
+    np.savez_compressed(tmp, images=np.asarray(images), scores=np.asarray(scores, np.float64))
+    tmp.replace(path)
+    return path
+
+
+def save_first_vs_latest(
+    eval_dir: str | Path,
+    images: np.ndarray,
+    scores: np.ndarray,
+    objectives: Sequence[str],
+    cols: int = 4,
+) -> Path | None:
+    """``eval_dir/first_vs_latest.png``: each image of the first evaluation (left) beside the
+    same prompt and noise now (right), captioned with each reward's change on that image
+    (raw units; each reward named by its first word, at most 5 letters).
+
+    Returns None when the first evaluation was not kept here (a run resumed from another
+    run's checkpoint) or showed other samples.
+    """
+    first_path = Path(eval_dir) / FIRST_EVAL_FILE
+    if not first_path.exists():
+        return None
+    with np.load(first_path) as first:
+        before, before_scores = first["images"], first["scores"]
+    if before.shape != np.shape(images) or before_scores.shape != np.shape(scores):
+        return None
+    captions = change_captions(before_scores, scores, objectives)
+    path = Path(eval_dir) / FIRST_VS_LATEST_FILE
+    return save_image_grid(side_by_side(before, np.asarray(images)), captions, path, cols=cols)
+
+
+def change_captions(before: np.ndarray, after: np.ndarray, objectives: Sequence[str]) -> list[str]:
+    """One caption per image: each reward's change ``after - before`` (``[K, N]``, raw
+    units), e.g. ``ocr +0.5, promp +0.02, color -10, jpeg +0.1``; ``n/a`` where either
+    score is unscorable."""
+    delta = np.asarray(after, np.float64) - np.asarray(before, np.float64)
+    return [
+        ", ".join(
+            f"{_short(name)} {_signed(d)}" for name, d in zip(objectives, delta[:, i], strict=True)
+        )
+        for i in range(delta.shape[1])
+    ]
+
+
+def _short(name: str) -> str:
+    """A reward's label in a caption: its first word, at most 5 letters (``prompt_alignment``
+    -> ``promp``, ``colorfulness`` -> ``color``)."""
+    return name.split("_")[0][:5]
+
+
+def _signed(value: float) -> str:
+    """``+0.12`` / ``-3.4`` (3 significant digits), ``n/a`` for an unscorable image."""
+    return "n/a" if not np.isfinite(value) else f"{value:+.3g}"
 
 
 def _caption_font(width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

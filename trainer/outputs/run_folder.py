@@ -5,6 +5,7 @@ Layout of ``RunFolder(path)``::
     path/config.yaml     the resolved config          (RunFolder.write_config)
     path/metrics.jsonl   one JSON object per line     (trainer.outputs.records.MetricsLog)
     path/eval/           evaluation image grids       (trainer.outputs.images.save_image_grid)
+    path/eval/first_vs_latest.png  first evaluation beside the latest (save_first_vs_latest)
     path/plots/          PNG plots                    (trainer.outputs.plots.plot_run)
     path/summary.txt     per-objective table          (trainer.outputs.summary.summary_table)
     path/lora/           the final adapter, diffusers' format (worker export_lora; make sample)
