@@ -23,6 +23,7 @@ from trainer.config import ConfigError, TrainConfig, balancer_kwargs, dump_confi
 from trainer.config_help import keys_help
 from trainer.console import configure_console, wants_verbose
 from trainer.loop.data import PromptFileError, load_prompts
+from trainer.outputs.images import FIRST_VS_LATEST_FILE
 from trainer.outputs.run_folder import LORA_DIR, RunFolder
 from trainer.preflight import check_config
 from trainer.runs import RunPlan, create_run_folder, remove_if_unused
@@ -237,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(run.summary_path.read_text())
     print(f"took {time.perf_counter() - started:.0f} s; plots in {run.plots_dir}")
+    compared = run.eval_dir / FIRST_VS_LATEST_FILE
+    if compared.is_file():
+        print(f"first evaluation beside the last, with each reward's change: {compared}")
     lora = run.path / LORA_DIR
     if lora.is_dir():
         print(f"LoRA for diffusers: {lora}  (images: make sample RUN={run.path})")

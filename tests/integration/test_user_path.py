@@ -82,6 +82,7 @@ def test_train_sample_and_evaluate_against_running_services(served, tmp_path):
     assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
     eval_files = {p.name for p in (run / "eval").iterdir()}
     assert {"step_000000.png", "step_000001.png", "first_vs_latest.png"} <= eval_files
+    assert str(run / "eval" / "first_vs_latest.png") in console  # named at the end
     assert _rewards(served["url"]) == before  # the running services were not replaced
 
     sample = [sys.executable, "-m", "trainer.sample", str(run), "--num", "2"]
