@@ -46,8 +46,8 @@ def evaluate(
 
     Returns ``reward_mean`` and ``reward_std`` ``[K]`` (over the scorable images), the
     unscored counts, the ``images`` ``[N, H, W, 3]`` for the grid and their ``scores``
-    ``[K, N]`` (NaN: unscorable). ``performance``: the
-    sampling fast paths, as in training rollouts.
+    ``[K, N]`` (NaN: unscorable). ``performance``: the sampling fast paths, as in training
+    rollouts.
     """
     images, scores = [], []
     sync_free = performance is not None and performance.sync_free_sampler
