@@ -14,8 +14,11 @@ advantages fails one of the two), and with a KL beta 1000x the default the files
 
 The measurement: 32 ODE samples of the same prompts from fixed noises before and after,
 the mean size's shift in units of the base samples' std (an effect size). Measured on this
-2-core machine (2026-12-07): 15 epochs moved it -0.49 (small rewarded), +0.67 (large
-rewarded) and -0.01 (KL beta 40); the thresholds below leave room for other CPUs.
+2-core machine (2026-12-07), training seeds 0 / 1 / 2 / 3: -0.49 / -0.29 / -0.47 / -0.45
+(small rewarded), +0.53 / +0.39 / +0.56 / +0.47 (large rewarded), -0.006 / +0.007 / -0.010 /
+-0.011 (KL beta 40); another CPU's rounding is like another seed, so the thresholds leave
+room below the weakest seed, and the broken chains measured (docs/learning.md) land on the
+wrong side of 0 or at it.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy" / "configs" / "local.yaml"
 GROUPS, PER_GROUP, EPOCHS = 4, 8, 12
 EVAL_SAMPLES, EVAL_SEED = 32, 123
-MOVES = 0.2  # effect size the rewarded direction must reach in EPOCHS epochs
+MOVES = 0.15  # effect size the rewarded direction must reach in EPOCHS epochs
 HOLDS = 0.1  # effect size a dominating KL must stay within
 
 
