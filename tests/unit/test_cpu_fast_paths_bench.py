@@ -1,0 +1,38 @@
+"""bench/cpu_fast_paths.py runs on the random-weight config and reports sane distances."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import cpu_fast_paths  # noqa: E402
+
+
+def test_bench_writes_every_variant_and_exact_paths_match_eager(tmp_path):
+    out = tmp_path / "fast.json"
+    code = cpu_fast_paths.main(
+        [
+            "--config",
+            str(ROOT / "deploy" / "configs" / "local-random.yaml"),
+            "--batch",
+            "2",
+            "--reps",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    rows = json.loads(out.read_text())["variants"]
+    assert set(rows) == set(cpu_fast_paths.VARIANTS)
+    assert rows["eager"]["max_dlogp"] == 0.0 and rows["eager"]["max_dpixel"] == 0
+    assert rows["eager"]["speedup"] == 1.0
+    # the exact fast paths: the same rollouts up to float rounding
+    for name in ("merge", "merge+fused", "sync_free"):
+        assert rows[name]["max_dlogp"] < 1e-4, name
+        assert rows[name]["max_dpixel"] <= 1, name
+    assert all(r["median_s"] > 0 for r in rows.values())
