@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
+from bench import cpu_fast_paths
 
-import cpu_fast_paths  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_writes_every_variant_and_exact_paths_match_eager(tmp_path):
