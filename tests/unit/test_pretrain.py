@@ -15,11 +15,14 @@ from trainer.pretrain.config import load_pretrain_config
 from trainer.pretrain.main import pretrain
 from trainer.pretrain.scenes import (
     COLOURS,
+    MIN_CONTRAST,
     SHAPES,
     WORDS,
     Scene,
+    Variation,
     caption,
     distinct_captions,
+    faded,
     render,
     scene_batch,
 )
@@ -58,6 +61,36 @@ def test_scenes_are_a_function_of_the_seed():
     assert a.shape == (6, 64, 64, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b) and caps_a == caps_b
     assert not np.array_equal(a, c)
+
+
+def test_without_variation_scenes_draw_the_palette_exactly():
+    images, _, drawn = scene_batch(5, 40)
+    assert all(s.fade == (0.0, 0.0) and s.light == (0.0, 0.0) for s in drawn)
+    for image, scene in zip(images, drawn, strict=True):
+        assert tuple(image[0, 0]) == COLOURS[scene.background]  # a corner is background
+
+
+def test_variation_fades_and_lights_within_bounds_and_keeps_shapes_separable():
+    variation = Variation(fade=0.35, light=40)
+    images, captions, drawn = scene_batch(5, 300, variation=variation)
+    again, captions_again, _ = scene_batch(5, 300, variation=variation)
+    assert np.array_equal(images, again) and captions == captions_again
+    fades = np.array([s.fade for s in drawn])
+    lights = np.array([s.light[0] for s in drawn])
+    assert fades.min() >= 0 and fades.max() <= 0.35 and fades.std() > 0.05
+    assert lights.min() >= 0 and lights.max() <= 40 and lights.std() > 5
+    for scene in drawn:
+        palette_gap = np.linalg.norm(np.subtract(COLOURS[scene.colour], COLOURS[scene.background]))
+        fg = faded(COLOURS[scene.colour], scene.fade[0])
+        bg = faded(COLOURS[scene.background], scene.fade[1])
+        assert np.linalg.norm(np.subtract(fg, bg)) >= min(MIN_CONTRAST, palette_gap)
+    # the drawn background is the faded colour, brighter on one side by the ramp's amplitude
+    scene = Scene("circle", "red", "blue", None, (32.0, 32.0), 8.0, (0.3, 0.2), (40.0, 0.0))
+    image = render(scene).astype(float)
+    assert tuple(image[32, 32]) == faded(COLOURS["red"], 0.3)
+    left, right = image[32, 1], image[32, 62]
+    assert np.allclose(right - left, 40 * 61 / 64, atol=2)
+    assert np.allclose((left + right) / 2, faded(COLOURS["blue"], 0.2), atol=1.5)
 
 
 def test_caption_names_what_is_drawn():

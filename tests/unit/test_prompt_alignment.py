@@ -102,6 +102,24 @@ def test_random_scenes_score_high(reward):
     assert min(reward.score(list(images), captions)) >= 0.9
 
 
+def test_scenes_with_uncaptioned_variation_still_score_what_they_name(reward):
+    """Faded colours and lit backgrounds (the committed model's data) stay nearest their
+    named colours and shapes, but below the exact palette: the reward has room there."""
+    varied = scenes.Variation(fade=0.35, light=40)
+    images, captions, _ = scenes.scene_batch(seed=3, count=128, size=SIZE, variation=varied)
+    scored = [
+        pa.alignment_scores(im, pa.parse_caption(c), CFG)
+        for im, c in zip(images, captions, strict=True)
+    ]
+    assert min(s.colour for s in scored) > 0.5 and min(s.background for s in scored) > 0.5
+    assert min(s.shape for s in scored) > 0.75
+    exact, exact_captions, _ = scenes.scene_batch(seed=3, count=128, size=SIZE)
+    assert (
+        np.mean([s.total for s in scored])
+        < np.mean(reward.score(list(exact), exact_captions)) - 0.05
+    )
+
+
 def test_wrong_background_loses_exactly_its_third():
     scene = _scene("square", "yellow", "purple")
     right = _scores(scene)

@@ -13,8 +13,9 @@ from pydantic import Field
 
 from common.config_loader import apply_overrides, dump_yaml, read_yaml, validate
 from trainer.config import Section, TinyModelConfig
+from trainer.pretrain.scenes import Variation
 
-__all__ = ["DEFAULT_MODEL_SIZES", "PretrainConfig", "load_pretrain_config"]
+__all__ = ["DEFAULT_MODEL_SIZES", "PretrainConfig", "load_pretrain_config", "variation_of"]
 
 DEFAULT_MODEL_SIZES = dict(
     transformer_layers=4,
@@ -59,6 +60,12 @@ class PretrainConfig(Section):
     threads: int = Field(2, ge=1, description="torch CPU threads (part of determinism)")
     resolution: int = Field(64, ge=16, description="image side in pixels")
     word_share: float = Field(0.5, ge=0, le=1, description="share of scenes with a word")
+    fade: float = Field(
+        0.0, ge=0, le=0.5, description="uncaptioned: each colour fades toward grey by up to this"
+    )
+    light: float = Field(
+        0.0, ge=0, le=100, description="uncaptioned: background brightness ramp up to this (RGB)"
+    )
     max_sequence_length: int = Field(20, ge=4, description="tokens per caption, each encoder")
     model: TinyModelConfig = Field(
         default_factory=lambda: TinyModelConfig(**DEFAULT_MODEL_SIZES),
@@ -68,6 +75,11 @@ class PretrainConfig(Section):
     flow: FlowPhaseConfig = Field(default_factory=FlowPhaseConfig, description="flow phase")
     output_dir: str = Field("models/shapes-sd3", min_length=1, description="written here")
     log_every: int = Field(50, ge=1, description="steps between loss records")
+
+
+def variation_of(cfg: PretrainConfig) -> Variation:
+    """The scenes' uncaptioned variation that ``cfg`` asks for."""
+    return Variation(fade=cfg.fade, light=cfg.light)
 
 
 def load_pretrain_config(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from trainer.pretrain.config import PretrainConfig
+from trainer.pretrain.config import PretrainConfig, variation_of
 from trainer.pretrain.scenes import scene_batch
 
 __all__ = ["encode_dataset", "fit_vae", "to_unit_range"]
@@ -51,6 +51,7 @@ def fit_vae(vae: AutoencoderKL, cfg: PretrainConfig, on_step: Callable[[int, flo
             phase.batch_size,
             cfg.resolution,
             cfg.word_share,
+            variation_of(cfg),
         )
         x = to_unit_range(images)
         posterior = vae.encode(x).latent_dist

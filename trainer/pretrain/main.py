@@ -30,7 +30,12 @@ from tqdm import tqdm
 
 from common.config_loader import ConfigError
 from trainer.pretrain.build import build_untrained_pipeline
-from trainer.pretrain.config import PretrainConfig, dump_pretrain_config, load_pretrain_config
+from trainer.pretrain.config import (
+    PretrainConfig,
+    dump_pretrain_config,
+    load_pretrain_config,
+    variation_of,
+)
 from trainer.pretrain.fit_flow import fit_flow
 from trainer.pretrain.fit_vae import encode_dataset, fit_vae
 from trainer.pretrain.report import plot_losses, sample_grid
@@ -61,7 +66,7 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> Path:
 
     fit_vae(pipe.vae, cfg, recorder("vae"))
     images, captions, _ = scene_batch(
-        cfg.seed, cfg.flow.dataset_size, cfg.resolution, cfg.word_share
+        cfg.seed, cfg.flow.dataset_size, cfg.resolution, cfg.word_share, variation_of(cfg)
     )
     latents = encode_dataset(pipe.vae, images)
     del images

@@ -9,7 +9,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from trainer.pretrain.config import PretrainConfig
+from trainer.pretrain.config import PretrainConfig, variation_of
 from trainer.pretrain.scenes import scene_batch
 
 __all__ = ["SAMPLE_SEED", "plot_losses", "sample_grid"]
@@ -39,7 +39,9 @@ def sample_grid(
 ) -> Image.Image:
     """Held-out captions: their real scenes on top rows, the model's ODE samples below each."""
     count = rows * cols // 2
-    real, captions, _ = scene_batch(SAMPLE_SEED, count, cfg.resolution, cfg.word_share)
+    real, captions, _ = scene_batch(
+        SAMPLE_SEED, count, cfg.resolution, cfg.word_share, variation_of(cfg)
+    )
     out = pipe(
         captions,
         height=cfg.resolution,
