@@ -103,7 +103,7 @@ def test_random_scenes_score_high(reward):
 
 
 def test_scenes_with_uncaptioned_variation_still_score_what_they_name(reward):
-    """Faded colours and lit backgrounds (the committed model's data) stay nearest their
+    """Faded colours and lit backgrounds (`make pretrain` with `fade`, `light`) stay nearest their
     named colours and shapes, but below the exact palette: the reward has room there."""
     varied = scenes.Variation(fade=0.35, light=40)
     images, captions, _ = scenes.scene_batch(seed=3, count=128, size=SIZE, variation=varied)

@@ -36,6 +36,7 @@ __all__ = [
     "Scene",
     "Variation",
     "caption",
+    "faded",
     "random_scene",
     "render",
     "scene_batch",
